@@ -1,0 +1,37 @@
+"""The six cells: every mode x phase a pytest-benchmark case, plus a control of the harness's
+own cost. `pytest benchmarks -k decode` runs the three decode cells."""
+from __future__ import annotations
+
+import pytest
+
+from fixtures.cells import baseline_gate
+from fixtures.options import suite_options
+from harness.engine import PHASES
+from harness.invariants import check_cell
+from harness.modes import MODES
+
+CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
+
+
+@pytest.mark.cell
+@pytest.mark.parametrize("phase,mode", CELLS, ids=[f"{p}-{m}" for p, m in CELLS])
+def test_cell(benchmark, make_cell, gap_results, request, phase, mode):
+    opts = suite_options(request.config)
+    cell = make_cell(mode, phase)
+    benchmark.group = phase
+    benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
+                       rounds=opts.rounds, warmup_rounds=opts.warmup)
+    info = cell.extra_info() | {"weight_load": cell.weight_load, "model": opts.spec.name,
+                                "dtype": opts.spec.dtype, "link": cell.probe.link.label}
+    benchmark.extra_info.update(info)
+    gap_results[cell.cfg.name] = info
+    failures = check_cell(info, gap_results.values()) + baseline_gate(request.config, request.node.name, info)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.cell
+def test_control_rpc_noop(benchmark, gap_testbed, request):
+    """What one RPC round trip costs with no work behind it: the floor under every remote step."""
+    worker = gap_testbed.worker(suite_options(request.config).spec)
+    benchmark.group = "control"
+    benchmark.pedantic(lambda: worker.rpc_sync().noop_remote(), rounds=50, warmup_rounds=5)

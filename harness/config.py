@@ -1,0 +1,67 @@
+"""The suite's options, read once into one typed object and validated before anything starts."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from harness.errors import UsageError
+from harness.models import ModelSpec, default_device, load_config, max_positions
+from harness.rpc import CHANNELS
+
+GATE_METRICS = ("bytes", "gpu")
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    model: str = "tiny"
+    dtype: str = "auto"
+    device: str | None = None
+    prompt_len: int = 128
+    steps: int = 50
+    rounds: int = 3
+    warmup: int = 1
+    seed: int = 0
+    gpu_host: str | None = None
+    port: int = 29500
+    channel: str = "basic"
+    capture: bool = True
+    compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions
+
+    @property
+    def resolved_device(self) -> str:
+        return self.device or default_device()
+
+    @property
+    def spec(self) -> ModelSpec:
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "fp16" if self.resolved_device.startswith("cuda") else "fp32"
+        return ModelSpec(self.model, dtype, self.seed)
+
+    def validate(self) -> "SuiteOptions":
+        for name, low in (("prompt-len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0)):
+            value = getattr(self, name.replace("-", "_"))
+            if value < low:
+                raise UsageError(f"--gap-{name} {value} must be >= {low}")
+        if self.channel not in CHANNELS:
+            raise UsageError(f"--gap-channel {self.channel!r}: use one of {', '.join(CHANNELS)}")
+        spec = self.spec  # validates model and dtype
+        ctx = max_positions(load_config(spec))
+        if self.prompt_len + self.steps + 1 > ctx:
+            raise UsageError(f"--gap-prompt-len {self.prompt_len} + --gap-steps {self.steps} + 1 "
+                             f"exceeds {self.model}'s context of {ctx}: lower one of them")
+        return self
+
+
+def parse_compare_fail(text: str | None) -> tuple:
+    """'bytes:5%,gpu:10%' -> (('bytes', 0.05), ('gpu', 0.10))."""
+    if not text:
+        return ()
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\w+):(\d+(?:\.\d+)?)%\s*", part)
+        if not m or m.group(1) not in GATE_METRICS:
+            raise UsageError(f"--gap-compare-fail {text!r}: expected METRIC:N% (METRIC one of "
+                             f"{', '.join(GATE_METRICS)}), comma separated, e.g. bytes:5%,gpu:10%")
+        out.append((m.group(1), float(m.group(2)) / 100))
+    return tuple(out)

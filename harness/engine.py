@@ -1,0 +1,62 @@
+"""One measured phase on any backend: prefill alone, or prefill then `steps` decode steps.
+
+Decode is prefill + steps forward passes: prefill yields the first generated token and each step
+one more, so a decode phase generates steps + 1 tokens (generate(max_new_tokens=steps + 1)) and
+the naive mode ships the weights steps + 1 times.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from harness.modes import greedy
+
+PHASES = ("prefill", "decode")
+
+
+@dataclass
+class PhaseResult:
+    mode: str
+    phase: str
+    tokens: list[int]
+    latency_s: float            # the whole measured phase (prefill + steps for decode)
+    ttft_s: float               # time to first token: the prefill call
+    step_times_s: list[float]   # decode steps only
+    payload_tx_bytes: int
+    payload_rx_bytes: int
+    server_s: dict = field(default_factory=dict)
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first (decode only)."""
+        return sum(self.step_times_s) / len(self.step_times_s) if self.step_times_s else None
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"tpot_s": self.tpot_s}
+
+
+def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=None) -> PhaseResult:
+    """prompt: [1, T] int64 on the CPU. on_step(i, n) is called after each forward (progress)."""
+    assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
+    n_steps = steps if phase == "decode" else 0
+    start = backend.tally.payload_tx_bytes, backend.tally.payload_rx_bytes, dict(backend.tally.server_s)
+    t0 = time.perf_counter()
+    tokens = [greedy(backend.prefill(prompt))]  # .item() inside greedy syncs the device
+    ttft = time.perf_counter() - t0
+    step_times = []
+    if on_step:
+        on_step(0, n_steps)
+    for i in range(n_steps):
+        ts = time.perf_counter()
+        tokens.append(greedy(backend.step(torch.tensor([[tokens[-1]]]))))
+        step_times.append(time.perf_counter() - ts)
+        if on_step:
+            on_step(i + 1, n_steps)
+    latency = time.perf_counter() - t0
+    backend.end()  # outside the timed region: releasing a cache is session teardown
+    tally = backend.tally
+    server = {k: v - start[2].get(k, 0.0) for k, v in tally.server_s.items()}
+    return PhaseResult(backend.mode, phase, tokens, latency, ttft, step_times,
+                       tally.payload_tx_bytes - start[0], tally.payload_rx_bytes - start[1], server)

@@ -1,0 +1,42 @@
+"""What a reader needs to know about where the numbers came from (pytest-benchmark machine_info)."""
+from __future__ import annotations
+
+import platform
+import subprocess
+
+import torch
+
+
+def versions() -> dict:
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version()}
+
+
+def nvidia_smi() -> dict | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    name, driver, mem = [f.strip() for f in out.stdout.splitlines()[0].split(",")]
+    return {"name": name, "driver": driver, "memory": mem}
+
+
+def link_facts(iface: str) -> dict:
+    def read(attr):
+        try:
+            return open(f"/sys/class/net/{iface}/{attr}").read().strip()
+        except OSError:
+            return None
+    return {"iface": iface, "mtu": read("mtu"), "speed_mbps": read("speed")}
+
+
+def describe_testbed(bed, opts) -> dict:
+    return {"versions": versions(), "gpu": nvidia_smi(), "link": bed.link.label,
+            "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),
+            "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
+            "model": opts.spec.name, "dtype": opts.spec.dtype,
+            "device": opts.resolved_device}

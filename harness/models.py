@@ -1,0 +1,133 @@
+"""Models without downloads: presets built from transformers configs with deterministic random
+weights, or a local Hugging Face model directory.
+
+Both hosts build the same skeleton from a `ModelSpec`; only the client materialises the weights
+(they are what the naive mode ships). Random init is seeded and done on the CPU in fp32 before the
+cast, so every machine gets bit-identical weights for the same (preset, seed, dtype).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import UsageError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _gpt2(**kw):
+    from transformers import GPT2Config
+    return GPT2Config(**kw)
+
+
+def _llama(**kw):
+    from transformers import LlamaConfig
+    return LlamaConfig(**kw)
+
+
+# Random weights at transformers' default scale (std 0.02) make every preset repeat one token
+# forever, which would let a broken cache or mode pass the same-tokens test; std 0.1 gives varied
+# greedy tokens (checked for tiny and gpt2), so the equivalence tests have teeth.
+INIT_STD = 0.1
+
+# name -> (factory, kwargs). Sizes: tiny ~4 MB fp32; gpt2 124M; gpt2-medium 355M;
+# llama-1b ~1.1B with grouped-query attention (32 query heads share 4 KV heads), the shape of
+# TinyLlama-1.1B, whose KV cache per token is 8x smaller than its attention width suggests.
+PRESETS = {
+    "tiny": (_gpt2, dict(vocab_size=4096, n_positions=512, n_embd=128, n_layer=2, n_head=4,
+                         bos_token_id=0, eos_token_id=0)),
+    "tiny-llama": (_llama, dict(vocab_size=4096, hidden_size=128, intermediate_size=344,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=512, bos_token_id=0, eos_token_id=0)),
+    "gpt2": (_gpt2, dict()),
+    "gpt2-medium": (_gpt2, dict(n_embd=1024, n_layer=24, n_head=16)),
+    "llama-1b": (_llama, dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                              num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                              max_position_embeddings=2048, tie_word_embeddings=False)),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What both hosts need to build the same model: picklable, so it travels over RPC."""
+    name: str = "tiny"      # a preset name or a local model directory
+    dtype: str = "fp32"     # fp32 | fp16 | bf16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.name not in PRESETS and not Path(self.name).is_dir():
+            raise UsageError(f"unknown model {self.name!r}: use a preset ({', '.join(PRESETS)}) "
+                             "or a local Hugging Face model directory")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def is_local_dir(self) -> bool:
+        return self.name not in PRESETS
+
+
+def load_config(spec: ModelSpec):
+    if spec.is_local_dir:
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(spec.name, local_files_only=True)
+    factory, kwargs = PRESETS[spec.name]
+    return factory(initializer_range=INIT_STD, **kwargs)
+
+
+def max_positions(config) -> int:
+    for key in ("n_positions", "max_position_embeddings"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise UsageError(f"config of {type(config).__name__} names no context length")
+
+
+def build_model(spec: ModelSpec, device: str | torch.device, with_weights: bool = True):
+    """The model in eval mode on `device`. with_weights=False gives the skeleton only (the
+    server's, whose weights arrive over RPC): no random init, just uninitialised storage."""
+    from transformers import AutoModelForCausalLM
+    config = load_config(spec)
+    if not with_weights:
+        # Skip random init (seconds for gpt2, a minute for llama-1b on 2 cores) but still run the
+        # constructors: a meta-device skeleton would leave non-persistent buffers (RoPE inv_freq)
+        # as garbage, since load_state_dict never fills them.
+        from transformers.initialization import no_init_weights
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=spec.torch_dtype)
+    elif spec.is_local_dir:
+        model = AutoModelForCausalLM.from_pretrained(spec.name, local_files_only=True,
+                                                     dtype=spec.torch_dtype)
+    else:
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = model.to(spec.torch_dtype)
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id
+    return model.to(device).eval()
+
+
+def default_device() -> str:
+    return os.environ.get("SGAP_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prompt_ids(config, prompt_len: int, seed: int) -> torch.Tensor:
+    """Deterministic prompt token ids, shape [1, prompt_len] (int64, CPU)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randint(0, config.vocab_size, (1, prompt_len), generator=g)
+
+
+def forward_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor:
+    """One forward pass that extends `cache` in place; returns the last position's logits [1, vocab].
+
+    Why this calling convention: `cache=` (not the deprecated `past_key_values=`) keeps
+    transformers 5 on its fast path (FIELD-NOTES: 6 ms vs 48 ms per gpt2 step on an H100), and
+    `logits_to_keep=1` computes the lm_head for the last position only, as generate() does.
+    """
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :]

@@ -1,0 +1,128 @@
+"""The three modes as client-side backends with one interface: prefill(ids) and step(token),
+each returning the last position's logits [1, vocab]; end() closes the session.
+
+- LocalBackend: the model runs in this process on its device; no network.
+- NaiveBackend: the stateless worker; each call ships state_dict + new ids + whole KV cache.
+- SysBackend: the stateful worker; weights shipped once (at construction, timed apart),
+  then only ids and a cache id.
+
+Remote backends count the payload they send and receive from the tensors themselves
+(harness.payload.tensor_bytes) and sum the server's own time split.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.models import forward_step
+from harness.payload import tensor_bytes
+
+MODES = ("local", "naive", "sys_simulated")
+
+
+@dataclass
+class Tally:
+    """Per-session accounting. server_s sums the worker's own split over all calls."""
+    payload_tx_bytes: int = 0
+    payload_rx_bytes: int = 0
+    calls: int = 0
+    server_s: dict = field(default_factory=dict)
+
+    def add(self, tx, rx, server_s=None):
+        self.payload_tx_bytes += tx
+        self.payload_rx_bytes += rx
+        self.calls += 1
+        for k, v in (server_s or {}).items():
+            self.server_s[k] = self.server_s.get(k, 0.0) + v
+
+
+class LocalBackend:
+    mode = "local"
+
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.tally = Tally()
+        self.cache = None
+
+    def prefill(self, ids):
+        from transformers import DynamicCache
+        self.cache = DynamicCache()
+        return forward_step(self.model, ids.to(self.device), self.cache)
+
+    def step(self, tok):
+        return forward_step(self.model, tok.to(self.device), self.cache)
+
+    def end(self):
+        self.cache = None
+
+
+class NaiveBackend:
+    mode = "naive"
+
+    def __init__(self, worker_rref, state_dict):
+        self.worker = worker_rref
+        self.state_dict = state_dict
+        self.tally = Tally()
+        self.kv = None
+
+    def _call(self, ids):
+        sent = (self.state_dict, ids, self.kv)
+        reply = self.worker.rpc_sync().run_stateless_forward_remote(*sent)
+        self.kv = reply.kv_cache
+        self.tally.add(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)),
+                       reply.server_s)
+        return reply.logits
+
+    def prefill(self, ids):
+        self.kv = None
+        return self._call(ids)
+
+    def step(self, tok):
+        return self._call(tok)
+
+    def end(self):
+        self.kv = None
+
+
+@dataclass(frozen=True)
+class WeightLoad:
+    """The one-time cost the semantics-aware system pays, reported apart from steady state."""
+    latency_s: float
+    payload_tx_bytes: int
+    server_s: dict
+
+
+class SysBackend:
+    mode = "sys_simulated"
+
+    def __init__(self, worker_rref, state_dict):
+        self.worker = worker_rref
+        self.tally = Tally()
+        self.cache_id = None
+        t0 = time.perf_counter()
+        reply = self.worker.rpc_sync().load_weights_remote(state_dict)
+        self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(state_dict), reply.server_s)
+
+    def prefill(self, ids):
+        reply = self.worker.rpc_sync().run_prefill_remote(ids)
+        self.cache_id = reply.kv_cache_id
+        self.tally.add(tensor_bytes(ids), tensor_bytes(reply.logits), reply.server_s)
+        return reply.logits
+
+    def step(self, tok):
+        reply = self.worker.rpc_sync().run_decode_step_remote(tok, self.cache_id)
+        self.tally.add(tensor_bytes(tok), tensor_bytes(reply.logits), reply.server_s)
+        return reply.logits
+
+    def end(self):
+        if self.cache_id is not None:
+            self.worker.rpc_sync().release_cache_remote(self.cache_id)
+            self.cache_id = None
+
+
+def greedy(logits: torch.Tensor) -> int:
+    """The client's next-token choice: argmax over the vocabulary, first index on ties (as generate())."""
+    return int(torch.argmax(logits[0]))

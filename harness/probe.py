@@ -1,0 +1,81 @@
+"""What is measured around one round: the link's counters, a tcpdump capture on the client's
+side of the link, and `nvidia-smi dmon` on the GPU host. Started before the timed region and
+stopped after it (pytest-benchmark's pedantic setup/teardown), so their start-up costs nothing.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.capture import Capture, read_pcap
+from harness.dmon import DmonMonitor, parse_dmon
+from harness.netns import Link, counters
+
+
+@dataclass(frozen=True)
+class ProbeReading:
+    link_tx_bytes: int           # client -> GPU host, kernel counters of the client's interface
+    link_rx_bytes: int           # GPU host -> client
+    pcap_bytes: int | None       # sum of packets' original lengths (None: capture off)
+    pcap_c2g_bytes: int | None
+    pcap_g2c_bytes: int | None
+    pcap_packets: int | None
+    pcap_dropped: int | None     # tcpdump's own "dropped by kernel"
+    pcap_read_s: float | None    # time spent analysing the capture
+    gpu_sm_pct: float | None     # dmon's sm averaged over the round; None: no GPU or no sample
+    dmon_samples: int
+
+    @property
+    def link_bytes(self) -> int:
+        return self.link_tx_bytes + self.link_rx_bytes
+
+
+class RoundProbe:
+    def __init__(self, link: Link, capture: bool = True, dmon: bool = True,
+                 workdir: Path | None = None):
+        self.link = link
+        self.capture_on = capture
+        self.dmon_on = dmon and DmonMonitor.available()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sgap-probe-"))
+        self._cap = self._dmon = self._c0 = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.capture_on:
+            bpf = f"tcp and host {self.link.gpu_addr}"
+            self._cap = Capture(self.link.client_iface, self.workdir / "round.pcap", bpf_filter=bpf)
+            self._cap.start()
+        if self.dmon_on:
+            self._dmon = DmonMonitor(self.workdir / "dmon.log", prefix=self.link.gpu_prefix).start()
+        self._c0 = counters(self.link.client_iface)
+
+    def stop(self) -> ProbeReading:
+        c1 = counters(self.link.client_iface)
+        tx, rx = c1[0] - self._c0[0], c1[1] - self._c0[1]
+        sm, samples = self._stop_dmon()
+        pcap = self._stop_capture()
+        return ProbeReading(tx, rx, *pcap, sm, samples)
+
+    def abort(self) -> None:
+        """Stop everything without reading it (an error in the round)."""
+        for proc in (self._cap, self._dmon):
+            if proc is not None:
+                proc.__exit__(RuntimeError, None, None)
+        self._cap = self._dmon = None
+
+    def _stop_dmon(self) -> tuple[float | None, int]:
+        if self._dmon is None:
+            return None, 0
+        text, self._dmon = self._dmon.stop(), None
+        series = parse_dmon(text, gpu=0, column="sm")
+        return series.mean, series.n
+
+    def _stop_capture(self) -> tuple:
+        if self._cap is None:
+            return (None,) * 6
+        stats, self._cap = self._cap.stop(), None
+        totals = read_pcap(stats.pcap_path, self.link.client_addr, self.link.gpu_addr)
+        stats.pcap_path.unlink()  # can be tens of MB a round; the totals are what we keep
+        return (totals.bytes_total, totals.bytes_a_to_b, totals.bytes_b_to_a, totals.packets,
+                stats.packets_dropped, totals.read_s)

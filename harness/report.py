@@ -1,0 +1,147 @@
+"""The plan's final table from pytest-benchmark results, as Markdown, CSV and PNG plots.
+
+    python -m harness.report out.json [--out results/]
+
+Each cell's figures come from its extra_info (per measured round), so the table the suite prints
+at the end of a run and the one made later from the JSON are the same computation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.engine import PHASES
+from harness.modes import MODES
+
+COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _pm(stat: dict, fmt) -> str:
+    if stat is None or stat.get("mean") is None:
+        return "n/a"
+    return f"{fmt(stat['mean'])} ± {fmt(stat['std'])}"
+
+
+def _sort_key(info: dict):
+    return PHASES.index(info["phase"]), MODES.index(info["mode"])
+
+
+def table_rows(infos) -> list[dict]:
+    """One row per cell, in plan order; numeric columns kept beside the display strings."""
+    rows = []
+    for info in sorted(infos, key=_sort_key):
+        s = info["summary"]
+        rows.append({
+            "Phase": info["phase"], "Mode": info["mode"],
+            "Latency (s)": _pm(s["latency_s"], lambda v: f"{v:.4f}"),
+            "Network Bytes Transferred": _pm(s["link_bytes"], human_bytes),
+            "Avg. GPU Utilization (%)": _pm(s["gpu_sm_pct"], lambda v: f"{v:.1f}"),
+            "latency_s_mean": s["latency_s"]["mean"], "latency_s_std": s["latency_s"]["std"],
+            "link_bytes_mean": s["link_bytes"]["mean"], "link_bytes_std": s["link_bytes"]["std"],
+            "pcap_bytes_mean": s["pcap_bytes"]["mean"],
+            "gpu_sm_pct_mean": s["gpu_sm_pct"]["mean"], "gpu_sm_pct_std": s["gpu_sm_pct"]["std"],
+            "ttft_s_mean": s["ttft_s"]["mean"], "tpot_s_mean": s["tpot_s"]["mean"],
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def regressions(info: dict, base_info: dict, tolerances: dict) -> list[str]:
+    """bytes: fail when mean link bytes grew by more than the fraction; gpu: when mean SM%
+    moved by more than that many percentage points (either way: a drop can mean the GPU is no
+    longer used, a rise that work moved onto it)."""
+    out = []
+    cur, base = info["summary"], base_info.get("summary", {})
+    if "bytes" in tolerances and base.get("link_bytes", {}).get("mean"):
+        now, then = cur["link_bytes"]["mean"], base["link_bytes"]["mean"]
+        if now > then * (1 + tolerances["bytes"]):
+            out.append(f"bytes regressed: {human_bytes(now)} vs baseline {human_bytes(then)} "
+                       f"(+{(now / then - 1) * 100:.1f}% > {tolerances['bytes'] * 100:.1f}%)")
+    if "gpu" in tolerances:
+        now, then = cur["gpu_sm_pct"]["mean"], base.get("gpu_sm_pct", {}).get("mean")
+        if (now is None) != (then is None):
+            out.append(f"GPU utilization availability changed: {now} vs baseline {then}")
+        elif now is not None and abs(now - then) > tolerances["gpu"] * 100:
+            out.append(f"GPU utilization moved: {now:.1f}% vs baseline {then:.1f}% "
+                       f"(more than {tolerances['gpu'] * 100:.1f} points)")
+    return out
+
+
+def load_infos(path: Path) -> list[dict]:
+    data = json.loads(Path(path).read_text())
+    infos = [b["extra_info"] for b in data.get("benchmarks", []) if "summary" in b.get("extra_info", {})]
+    if not infos:
+        raise ValueError(f"{path}: no semantic-gap cells in it (was it written by `pytest benchmarks "
+                         "--benchmark-json=...`?)")
+    return infos
+
+
+def plot(rows: list[dict], out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    labels = [f"{r['Phase']}\n{r['Mode']}" for r in rows]
+    for key, title, ylabel, log in (("link_bytes", "Network bytes per cell", "bytes (log)", True),
+                                    ("latency_s", "Latency per cell", "seconds (log)", True)):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        means = [r[f"{key}_mean"] or 0 for r in rows]
+        stds = [r[f"{key}_std"] or 0 for r in rows]
+        ax.bar(labels, [max(m, 1e-9) for m in means], yerr=stds, capsize=3,
+               color=["#888" if "local" in l else "#c44" if "naive" in l else "#48c" for l in labels])
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        path = out_dir / f"{key}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_all(rows: list[dict], out_dir: Path) -> list[Path]:
+    import pandas as pd
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "table.md"
+    md.write_text(markdown_table(rows) + "\n")
+    csv = out_dir / "table.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return [md, csv, *plot(rows, out_dir)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.splitlines()[0])
+    p.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
+    p.add_argument("--out", type=Path, help="folder for table.md, table.csv, *.png [beside the JSON]")
+    args = p.parse_args(argv)
+    try:
+        rows = table_rows(load_infos(args.json))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(rows))
+    for path in write_all(rows, args.out or args.json.parent):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

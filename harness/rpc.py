@@ -1,0 +1,100 @@
+"""torch.distributed.rpc set up so that its bytes cross the link we measure.
+
+On one kernel TensorPipe silently moves tensors through shared memory and cross-memory-attach
+(FIELD-NOTES: a 100 MB tensor put 13 KB on the wire). We force the `uv` (TCP) transport and a TCP
+channel, and pin Gloo and TensorPipe to the link's interface: left alone, they resolve the host
+name to 127.0.0.1 and time out across namespaces.
+
+Ranks: the GPU worker is rank 0 and hosts the rendezvous store at host:port; the client is rank 1.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from harness.errors import UsageError
+
+WORKER_NAME = "GPU_WORKER"
+CLIENT_NAME = "CLIENT"
+CHANNELS = ("basic", "mpt_uv")
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    host: str                      # the GPU host's address on the link
+    port: int = 29500
+    channel: str = "basic"         # basic: one TCP connection; mpt_uv: several lanes
+    timeout_s: float = 600.0       # one call; naive llama-1b decode steps move GBs each
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self):
+        if self.channel not in CHANNELS:
+            raise UsageError(f"unknown RPC channel {self.channel!r}: use one of {', '.join(CHANNELS)}")
+        if not 0 < self.port < 65536:
+            raise UsageError(f"port {self.port} out of range: use 1024-65535")
+
+
+def backend_options(cfg: RpcConfig):
+    from torch.distributed import rpc
+    return rpc.TensorPipeRpcBackendOptions(
+        init_method=f"tcp://{cfg.host}:{cfg.port}", num_worker_threads=8, rpc_timeout=cfg.timeout_s,
+        _transports=["uv"], _channels=[cfg.channel])
+
+
+def pin_interface(iface: str) -> None:
+    """Must run before init_rpc in each process."""
+    os.environ["TP_SOCKET_IFNAME"] = iface
+    os.environ["GLOO_SOCKET_IFNAME"] = iface
+
+
+def iface_of_address(addr: str) -> str:
+    """The local interface that holds addr (the server binds there)."""
+    import psutil
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == addr for a in addrs):
+            return name
+    raise UsageError(f"address {addr} is on no interface of this host: pass this host's own "
+                     "address on the link to the client (--host)")
+
+
+def iface_toward(addr: str) -> str:
+    """The local interface the kernel routes addr through (the client's side of the link)."""
+    out = subprocess.run(["ip", "-o", "route", "get", addr], capture_output=True, text=True)
+    words = out.stdout.split()
+    if out.returncode != 0 or "dev" not in words:
+        raise UsageError(f"no route to GPU host {addr}: check --gpu_host_ip ({out.stderr.strip()})")
+    return words[words.index("dev") + 1]
+
+
+def check_port_free(addr: str, port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((addr, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {addr} is already in use: pass another --port "
+                                 "or stop what holds it") from None
+            raise UsageError(f"cannot bind {addr}:{port} ({e.strerror}): pass this host's own "
+                             "link address") from None
+
+
+def check_reachable(addr: str, port: int, timeout_s: float) -> None:
+    try:
+        socket.create_connection((addr, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise UsageError(f"cannot reach the GPU worker at {addr}:{port} ({e.strerror or e}): start "
+                         "rpc_server.py on the GPU host or check --gpu_host_ip/--port") from None
+
+
+def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
+    from torch.distributed import rpc
+    pin_interface(iface)
+    rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=backend_options(cfg))
+
+
+def used_transports(cfg: RpcConfig) -> dict:
+    return {"transports": ["uv"], "channels": [cfg.channel]}
+

@@ -1,0 +1,92 @@
+"""The two hosts and the remote worker, brought up together and torn down together.
+
+Embedded default: a namespace + veth (or, without root, loopback, labelled as such) and
+rpc_server.py started inside it. With gpu_host_ip: the worker must already be running there.
+Teardown runs on every exit path, Ctrl-C and SIGTERM included (scripts turn SIGTERM into
+SystemExit), and stops what it started by pid.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from harness import netns, rpc
+from harness.models import ModelSpec
+from harness.server import ServerProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Testbed:
+    link: netns.Link
+    cfg: rpc.RpcConfig
+    server: ServerProcess | None   # None when the worker was started by someone else
+    device: str | None = None      # the worker's device; None: the GPU host's default
+    workers: dict = field(default_factory=dict)
+
+    def worker(self, spec: ModelSpec):
+        """An RRef to a RemoteWorker for spec on the GPU host (one per spec, made on first use)."""
+        from torch.distributed import rpc as torch_rpc
+        from harness.worker import RemoteWorker
+        if spec not in self.workers:
+            rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device))
+            rref.rpc_sync().noop_remote()  # waits until the skeleton is built and lanes are open
+            self.workers[spec] = rref
+        return self.workers[spec]
+
+    def counters(self) -> tuple[int, int]:
+        """(tx, rx) bytes of the client's side of the link."""
+        return netns.counters(self.link.client_iface)
+
+
+def remote_link(gpu_host_ip: str) -> netns.Link:
+    iface = rpc.iface_toward(gpu_host_ip)
+    return netns.Link("remote", "", gpu_host_ip, iface, "", None)
+
+
+def embedded_link() -> netns.Link:
+    netns.clean_stale()
+    if netns.can_make_namespaces():
+        return netns.create()
+    log.warning("no root: GPU host emulated on loopback; byte counts include all loopback traffic")
+    return netns.loopback()
+
+
+@contextlib.contextmanager
+def testbed(gpu_host_ip: str | None = None, port: int = 29500,
+            channel: str = "basic", device: str | None = None, server_prefix=None):
+    """Yields a Testbed. server_prefix (e.g. an ssh command) starts the worker elsewhere."""
+    from torch.distributed import rpc as torch_rpc
+
+    link = server = None
+    rpc_up = False
+    try:
+        link = remote_link(gpu_host_ip) if gpu_host_ip else embedded_link()
+        cfg = rpc.RpcConfig(link.gpu_addr, port, channel)
+        if gpu_host_ip is None or server_prefix is not None:
+            prefix = link.gpu_prefix if server_prefix is None else server_prefix
+            server = ServerProcess(cfg, prefix=prefix, device=device).start()
+        else:
+            rpc.check_reachable(cfg.host, cfg.port, cfg.connect_timeout_s)
+        rpc.init(cfg, rpc.CLIENT_NAME, rank=1, iface=link.client_iface)
+        rpc_up = True
+        yield Testbed(link, cfg, server, device)
+    finally:
+        if rpc_up:
+            _shutdown_rpc(torch_rpc, server)
+        if server:
+            server.stop(timeout_s=10.0)
+        if link:
+            netns.destroy(link)
+
+
+def _shutdown_rpc(torch_rpc, server) -> None:
+    """Graceful when the worker is alive (it then exits on its own); else don't wait for it."""
+    alive = server is None or server.proc.poll() is None
+    try:
+        torch_rpc.shutdown(graceful=alive, timeout=10.0)
+    except Exception as e:  # a dead peer makes the graceful path raise; we are leaving anyway
+        log.warning("rpc shutdown: %s", e)
+        torch_rpc.shutdown(graceful=False)

@@ -1,0 +1,151 @@
+"""The GPU host's side: `RemoteWorker`, created on the server by the client through
+`rpc.remote("GPU_WORKER", RemoteWorker, ...)` and driven in one of two ways.
+
+- stateless (the naive, semantics-blind system): every call brings the whole state_dict, the new
+  token(s) and the whole KV cache, and takes logits and the whole new KV cache back.
+- stateful (the semantics-aware system): weights loaded once; the KV cache stays here under an
+  id; a decode step brings one token and the id.
+
+Every reply carries `server_s`, the server's own time split (load, host->device, compute,
+device->host), synchronised on CUDA, so the client can tell wire time from server time.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import NamedTuple
+
+import torch
+
+from harness.models import ModelSpec, build_model, default_device, forward_step
+from harness.payload import cache_to_kv, kv_to, kv_to_cache
+
+
+class Reply(NamedTuple):
+    logits: torch.Tensor                 # [1, vocab] on the CPU, model dtype
+    kv_cache: list | None = None         # stateless only: the whole new cache, on the CPU
+    kv_cache_id: str | None = None       # stateful only
+    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s"}
+
+
+class _Clock:
+    """Phase timer that synchronises the device first, so async CUDA work lands in its phase."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t = time.perf_counter()
+        self.split: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.split[name] = self.split.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+class RemoteWorker:
+    MAX_SESSIONS = 64  # live KV caches; more means a client forgot release_cache_remote
+
+    def __init__(self, spec: ModelSpec, device: str | None = None):
+        self.device = torch.device(device or default_device())
+        self.spec = spec
+        self.model = build_model(spec, self.device, with_weights=False)
+        self.weights_loaded = False
+        self.caches: dict[str, object] = {}
+        self.lock = threading.Lock()  # RPC serves requests from a thread pool
+
+    # -- stateless: the naive system ------------------------------------------------------
+    def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache=None) -> Reply:
+        with self.lock:
+            clock = _Clock(self.device)
+            self.model.load_state_dict(state_dict)  # copies host tensors into device params
+            self.weights_loaded = False  # what a stateless call loads is not ours to keep
+            clock.lap("load_s")
+            ids = input_ids.to(self.device)
+            cache = kv_to_cache(kv_to(kv_cache, self.device)) if kv_cache else self._new_cache()
+            clock.lap("h2d_s")
+            logits = forward_step(self.model, ids, cache)
+            clock.lap("compute_s")
+            reply_kv = [(k.cpu(), v.cpu()) for k, v in cache_to_kv(cache)]
+            logits = logits.cpu()
+            clock.lap("d2h_s")
+            return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
+
+    # -- stateful: the semantics-aware system -----------------------------------------------
+    def load_weights_remote(self, state_dict) -> Reply:
+        with self.lock:
+            clock = _Clock(self.device)
+            self.model.load_state_dict(state_dict)
+            self.weights_loaded = True
+            clock.lap("load_s")
+            return Reply(torch.empty(0), server_s=clock.split)
+
+    def run_prefill_remote(self, token_ids) -> Reply:
+        with self.lock:
+            self._require_weights()
+            if len(self.caches) >= self.MAX_SESSIONS:
+                raise RuntimeError(f"KV cache store full ({self.MAX_SESSIONS} sessions): call "
+                                   "release_cache_remote(kv_cache_id) when a session ends")
+            kv_cache_id = uuid.uuid4().hex
+            cache = self._new_cache()
+            logits, split = self._step(token_ids, cache)
+            self.caches[kv_cache_id] = cache
+            return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
+
+    def run_decode_step_remote(self, token_id, kv_cache_id: str) -> Reply:
+        with self.lock:
+            self._require_weights()
+            logits, split = self._step(token_id, self._cache(kv_cache_id))
+            return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
+
+    def release_cache_remote(self, kv_cache_id: str) -> None:
+        with self.lock:
+            self._cache(kv_cache_id)
+            del self.caches[kv_cache_id]
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def reset_remote(self) -> None:
+        """Drop every cache and forget the weights: a new cell starts from nothing."""
+        with self.lock:
+            self.caches.clear()
+            self.weights_loaded = False
+
+    def noop_remote(self) -> None:
+        """The control benchmark's round trip: RPC cost with no work behind it."""
+
+    def stats_remote(self) -> dict:
+        import psutil
+        cuda = self.device.type == "cuda"
+        return {"sessions": len(self.caches),
+                "rss_bytes": psutil.Process().memory_info().rss,
+                "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,
+                "device": str(self.device),
+                "gpu_name": torch.cuda.get_device_name(self.device) if cuda else None}
+
+    def _step(self, ids, cache):
+        clock = _Clock(self.device)
+        ids = ids.to(self.device)
+        clock.lap("h2d_s")
+        logits = forward_step(self.model, ids, cache)
+        clock.lap("compute_s")
+        logits = logits.cpu()
+        clock.lap("d2h_s")
+        return logits, clock.split
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+        return DynamicCache()
+
+    def _require_weights(self):
+        if not self.weights_loaded:
+            raise RuntimeError("weights not loaded on the GPU worker: call "
+                               "load_weights_remote(state_dict) before prefill or decode")
+
+    def _cache(self, kv_cache_id: str):
+        try:
+            return self.caches[kv_cache_id]
+        except KeyError:
+            raise KeyError(f"unknown kv_cache_id {kv_cache_id!r}: it was released or never "
+                           "created; start a session with run_prefill_remote") from None

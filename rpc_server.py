@@ -1,0 +1,50 @@
+"""GPU host: serve `RemoteWorker` over torch RPC as GPU_WORKER until the client shuts down.
+
+    python rpc_server.py --host 10.0.0.2 [--port 29500] [--channel basic] [--device cuda]
+
+--host is this host's address on the link to the client; the worker listens there only.
+torch RPC unpickles what it receives: run this on a trusted network only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from harness import rpc
+from harness.errors import UsageError
+from harness.server import READY
+from harness.worker import RemoteWorker  # noqa: F401  (the class the client instantiates here)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", required=True, help="this host's address on the link")
+    p.add_argument("--port", type=int, default=29500)
+    p.add_argument("--channel", default="basic", choices=rpc.CHANNELS)
+    p.add_argument("--device", help="torch device for the worker (default: cuda if present)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = rpc.RpcConfig(args.host, args.port, args.channel)
+        iface = rpc.iface_of_address(args.host)
+        rpc.check_port_free(args.host, args.port)
+    except UsageError as e:
+        print(f"rpc_server: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if args.device:
+        os.environ["SGAP_DEVICE"] = args.device
+    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}) pid {os.getpid()}",
+          flush=True)
+    from torch.distributed import rpc as torch_rpc
+    rpc.init(cfg, rpc.WORKER_NAME, rank=0, iface=iface)
+    torch_rpc.shutdown()  # serves until the client, too, calls shutdown
+    print("rpc_server: client finished, exiting", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
