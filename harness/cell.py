@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
+from harness.analysis import CellContext, analyse_round
 from harness.engine import PhaseResult, run_phase
 from harness.probe import ProbeReading, RoundProbe
 
@@ -48,6 +49,7 @@ class Cell:
     prompt: object                 # [1, T] int64
     probe: RoundProbe
     on_step: object = None         # progress callback(round_label, step, n_steps)
+    context: CellContext | None = None
     records: list[RoundRecord] = field(default_factory=list)
     _pending: PhaseResult | None = None
 
@@ -84,9 +86,12 @@ class Cell:
         return out
 
     def extra_info(self) -> dict:
+        rounds = [r.to_dict() for r in self.records]
+        if self.context:
+            for r in rounds:
+                r["analysis"] = analyse_round(r, self.context)
         return {"mode": self.cfg.mode, "phase": self.cfg.phase, "steps": self.cfg.steps,
-                "rounds": [r.to_dict() for r in self.records],
-                "summary": summarise(self)}
+                "rounds": rounds, "summary": summarise(self, rounds)}
 
 
 def mean_std(values: list) -> tuple[float | None, float | None]:
@@ -96,11 +101,20 @@ def mean_std(values: list) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def summarise(cell: Cell) -> dict:
-    """Mean and std over measured rounds of the figures the plan's table reports."""
+def summarise(cell: Cell, rounds: list[dict]) -> dict:
+    """Mean and std over measured rounds of the figures the report shows."""
     out = {}
     for key in ("latency_s", "ttft_s", "tpot_s", "link_bytes", "pcap_bytes",
                 "payload_tx_bytes", "payload_rx_bytes", "gpu_sm_pct"):
         m, s = mean_std(cell.series(key))
         out[key] = {"mean": m, "std": s}
+    analysed = [r["analysis"] for r in rounds if not r["warmup"] and "analysis" in r]
+    for key in ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_busy_fraction",
+                "wire_gbps", "wire_vs_iperf", "analysis_share", "time_parts_sum_ratio"):
+        m, s = mean_std([a[key] for a in analysed])
+        out[key] = {"mean": m, "std": s}
+    if analysed:
+        out["closure_verdicts"] = sorted({a["closure_verdict"] for a in analysed})
+        out["util_dmon_note"] = next((a["util_dmon_note"] for a in analysed if a["util_dmon_note"]), None)
+        out["time"] = {k: mean_std([a["time"][k] for a in analysed])[0] for k in analysed[0]["time"]}
     return out

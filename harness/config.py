@@ -26,6 +26,8 @@ class SuiteOptions:
     channel: str = "basic"
     capture: bool = True
     compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions
+    link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
+    link_strict: bool = False                 # ... and fail instead
 
     @property
     def resolved_device(self) -> str:
@@ -45,6 +47,10 @@ class SuiteOptions:
                 raise UsageError(f"--gap-{name} {value} must be >= {low}")
         if self.channel not in CHANNELS:
             raise UsageError(f"--gap-channel {self.channel!r}: use one of {', '.join(CHANNELS)}")
+        if self.link_nominal_gbps is not None and self.link_nominal_gbps <= 0:
+            raise UsageError(f"--gap-link-nominal-gbps {self.link_nominal_gbps} must be > 0")
+        if self.link_strict and self.link_nominal_gbps is None:
+            raise UsageError("--gap-link-strict needs --gap-link-nominal-gbps N (the link's rated speed)")
         spec = self.spec  # validates model and dtype
         ctx = max_positions(load_config(spec))
         if self.prompt_len + self.steps + 1 > ctx:

@@ -26,6 +26,8 @@ class PhaseResult:
     step_times_s: list[float]   # decode steps only
     payload_tx_bytes: int
     payload_rx_bytes: int
+    calls: int = 0              # forward passes (RPC round trips in remote modes)
+    rpc_s: float = 0.0          # client time inside RPC calls
     server_s: dict = field(default_factory=dict)
 
     @property
@@ -41,7 +43,8 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     """prompt: [1, T] int64 on the CPU. on_step(i, n) is called after each forward (progress)."""
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
     n_steps = steps if phase == "decode" else 0
-    start = backend.tally.payload_tx_bytes, backend.tally.payload_rx_bytes, dict(backend.tally.server_s)
+    t = backend.tally
+    start = t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s
     t0 = time.perf_counter()
     tokens = [greedy(backend.prefill(prompt))]  # .item() inside greedy syncs the device
     ttft = time.perf_counter() - t0
@@ -56,7 +59,7 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
             on_step(i + 1, n_steps)
     latency = time.perf_counter() - t0
     backend.end()  # outside the timed region: releasing a cache is session teardown
-    tally = backend.tally
-    server = {k: v - start[2].get(k, 0.0) for k, v in tally.server_s.items()}
+    server = {k: v - start[2].get(k, 0.0) for k, v in t.server_s.items()}
     return PhaseResult(backend.mode, phase, tokens, latency, ttft, step_times,
-                       tally.payload_tx_bytes - start[0], tally.payload_rx_bytes - start[1], server)
+                       t.payload_tx_bytes - start[0], t.payload_rx_bytes - start[1],
+                       t.calls - start[3], t.rpc_s - start[4], server)

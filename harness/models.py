@@ -7,6 +7,8 @@ cast, so every machine gets bit-identical weights for the same (preset, seed, dt
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,13 +123,20 @@ def prompt_ids(config, prompt_len: int, seed: int) -> torch.Tensor:
     return torch.randint(0, config.vocab_size, (1, prompt_len), generator=g)
 
 
+@functools.cache
+def cache_kwarg(model_cls) -> str:
+    """The forward() keyword for the KV cache: `cache` in transformers >= 5.2x, where
+    `past_key_values` is a deprecated alias; `past_key_values` in earlier 5.x (the GPU machine's
+    5.17), where `cache=` would land in **kwargs and be silently ignored: no cache, wrong tokens."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
 def forward_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor:
     """One forward pass that extends `cache` in place; returns the last position's logits [1, vocab].
 
-    Why this calling convention: `cache=` (not the deprecated `past_key_values=`) keeps
-    transformers 5 on its fast path (FIELD-NOTES: 6 ms vs 48 ms per gpt2 step on an H100), and
     `logits_to_keep=1` computes the lm_head for the last position only, as generate() does.
     """
+    kw = {cache_kwarg(type(model)): cache}
     with torch.inference_mode():
-        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kw)
     return out.logits[:, -1, :]

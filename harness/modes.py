@@ -18,6 +18,7 @@ import torch
 
 from harness.models import forward_step
 from harness.payload import tensor_bytes
+from harness.timing import Clock
 
 MODES = ("local", "naive", "sys_simulated")
 
@@ -28,12 +29,14 @@ class Tally:
     payload_tx_bytes: int = 0
     payload_rx_bytes: int = 0
     calls: int = 0
+    rpc_s: float = 0.0          # client wall time inside rpc_sync calls
     server_s: dict = field(default_factory=dict)
 
-    def add(self, tx, rx, server_s=None):
+    def add(self, tx, rx, server_s=None, rpc_s=0.0):
         self.payload_tx_bytes += tx
         self.payload_rx_bytes += rx
         self.calls += 1
+        self.rpc_s += rpc_s
         for k, v in (server_s or {}).items():
             self.server_s[k] = self.server_s.get(k, 0.0) + v
 
@@ -50,10 +53,18 @@ class LocalBackend:
     def prefill(self, ids):
         from transformers import DynamicCache
         self.cache = DynamicCache()
-        return forward_step(self.model, ids.to(self.device), self.cache)
+        return self._forward(ids)
 
     def step(self, tok):
-        return forward_step(self.model, tok.to(self.device), self.cache)
+        return self._forward(tok)
+
+    def _forward(self, ids):
+        """Timed like the worker's compute, so busy fractions compare across modes."""
+        clock = Clock(self.device)
+        logits = forward_step(self.model, ids.to(self.device), self.cache)
+        clock.lap("compute_s")
+        self.tally.add(0, 0, clock.split)
+        return logits
 
     def end(self):
         self.cache = None
@@ -70,10 +81,12 @@ class NaiveBackend:
 
     def _call(self, ids):
         sent = (self.state_dict, ids, self.kv)
+        t0 = time.perf_counter()
         reply = self.worker.rpc_sync().run_stateless_forward_remote(*sent)
+        rpc_s = time.perf_counter() - t0
         self.kv = reply.kv_cache
         self.tally.add(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)),
-                       reply.server_s)
+                       reply.server_s, rpc_s)
         return reply.logits
 
     def prefill(self, ids):
@@ -107,15 +120,19 @@ class SysBackend:
         self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(state_dict), reply.server_s)
 
     def prefill(self, ids):
-        reply = self.worker.rpc_sync().run_prefill_remote(ids)
+        reply = self._call("run_prefill_remote", ids)
         self.cache_id = reply.kv_cache_id
-        self.tally.add(tensor_bytes(ids), tensor_bytes(reply.logits), reply.server_s)
         return reply.logits
 
     def step(self, tok):
-        reply = self.worker.rpc_sync().run_decode_step_remote(tok, self.cache_id)
-        self.tally.add(tensor_bytes(tok), tensor_bytes(reply.logits), reply.server_s)
-        return reply.logits
+        return self._call("run_decode_step_remote", tok, self.cache_id).logits
+
+    def _call(self, method, ids, *rest):
+        t0 = time.perf_counter()
+        reply = getattr(self.worker.rpc_sync(), method)(ids, *rest)
+        self.tally.add(tensor_bytes(ids), tensor_bytes(reply.logits), reply.server_s,
+                       time.perf_counter() - t0)
+        return reply
 
     def end(self):
         if self.cache_id is not None:

@@ -134,9 +134,3 @@ def clean_stale() -> list[str]:
             _ip("link", "del", m.group(1), check=False)
             removed.append(m.group(1))
     return removed
-
-
-def counters(iface: str) -> tuple[int, int]:
-    """(tx_bytes, rx_bytes) of a client-side interface, from the kernel's own counters."""
-    stats = Path(f"/sys/class/net/{iface}/statistics")
-    return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())

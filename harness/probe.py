@@ -10,13 +10,15 @@ from pathlib import Path
 
 from harness.capture import Capture, read_pcap
 from harness.dmon import DmonMonitor, parse_dmon
-from harness.netns import Link, counters
+from harness.link import stats
+from harness.netns import Link
 
 
 @dataclass(frozen=True)
 class ProbeReading:
     link_tx_bytes: int           # client -> GPU host, kernel counters of the client's interface
     link_rx_bytes: int           # GPU host -> client
+    link_packets: int            # both directions, kernel counters
     pcap_bytes: int | None       # sum of packets' original lengths (None: capture off)
     pcap_c2g_bytes: int | None
     pcap_g2c_bytes: int | None
@@ -25,6 +27,9 @@ class ProbeReading:
     pcap_read_s: float | None    # time spent analysing the capture
     gpu_sm_pct: float | None     # dmon's sm averaged over the round; None: no GPU or no sample
     dmon_samples: int
+    nvml_util_pct: float | None  # NVML utilization.gpu polled every 20 ms on the GPU host
+    nvml_samples: int
+    control_bytes: int           # the sampler's start/stop calls: inside the capture, not the counters
 
     @property
     def link_bytes(self) -> int:
@@ -33,12 +38,14 @@ class ProbeReading:
 
 class RoundProbe:
     def __init__(self, link: Link, capture: bool = True, dmon: bool = True,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, sampler=None):
+        """sampler: an object with start() and stop() -> (mean %, samples), run on the GPU host."""
         self.link = link
+        self.sampler = sampler
         self.capture_on = capture
         self.dmon_on = dmon and DmonMonitor.available()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sgap-probe-"))
-        self._cap = self._dmon = self._c0 = None
+        self._cap = self._dmon = self._c0 = self._pre = None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -48,14 +55,21 @@ class RoundProbe:
             self._cap.start()
         if self.dmon_on:
             self._dmon = DmonMonitor(self.workdir / "dmon.log", prefix=self.link.gpu_prefix).start()
-        self._c0 = counters(self.link.client_iface)
+        self._pre = stats(self.link.client_iface)
+        if self.sampler:
+            self.sampler.start()
+        self._c0 = stats(self.link.client_iface)  # last: nothing above is counted
 
     def stop(self) -> ProbeReading:
-        c1 = counters(self.link.client_iface)
-        tx, rx = c1[0] - self._c0[0], c1[1] - self._c0[1]
+        c1 = stats(self.link.client_iface)  # first: nothing below is counted
+        d = {k: c1[k] - self._c0[k] for k in c1}
+        nvml = self.sampler.stop() if self.sampler else (None, 0)
+        post = stats(self.link.client_iface)
+        control = sum(self._c0[k] - self._pre[k] + post[k] - c1[k] for k in ("tx_bytes", "rx_bytes"))
         sm, samples = self._stop_dmon()
         pcap = self._stop_capture()
-        return ProbeReading(tx, rx, *pcap, sm, samples)
+        return ProbeReading(d["tx_bytes"], d["rx_bytes"], d["tx_packets"] + d["rx_packets"],
+                            *pcap, sm, samples, *nvml, control)
 
     def abort(self) -> None:
         """Stop everything without reading it (an error in the round)."""

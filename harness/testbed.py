@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from harness import netns, rpc
+from harness.link import stats as link_stats
 from harness.models import ModelSpec
 from harness.server import ServerProcess
 
@@ -38,7 +39,8 @@ class Testbed:
 
     def counters(self) -> tuple[int, int]:
         """(tx, rx) bytes of the client's side of the link."""
-        return netns.counters(self.link.client_iface)
+        s = link_stats(self.link.client_iface)
+        return s["tx_bytes"], s["rx_bytes"]
 
 
 def remote_link(gpu_host_ip: str) -> netns.Link:

@@ -12,14 +12,15 @@ device->host), synchronised on CUDA, so the client can tell wire time from serve
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import NamedTuple
 
 import torch
 
 from harness.models import ModelSpec, build_model, default_device, forward_step
+from harness.gpu import make_sampler
 from harness.payload import cache_to_kv, kv_to, kv_to_cache
+from harness.timing import Clock
 
 
 class Reply(NamedTuple):
@@ -27,22 +28,6 @@ class Reply(NamedTuple):
     kv_cache: list | None = None         # stateless only: the whole new cache, on the CPU
     kv_cache_id: str | None = None       # stateful only
     server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s"}
-
-
-class _Clock:
-    """Phase timer that synchronises the device first, so async CUDA work lands in its phase."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.t = time.perf_counter()
-        self.split: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.split[name] = self.split.get(name, 0.0) + now - self.t
-        self.t = now
 
 
 class RemoteWorker:
@@ -55,11 +40,12 @@ class RemoteWorker:
         self.weights_loaded = False
         self.caches: dict[str, object] = {}
         self.lock = threading.Lock()  # RPC serves requests from a thread pool
+        self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
     # -- stateless: the naive system ------------------------------------------------------
     def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache=None) -> Reply:
         with self.lock:
-            clock = _Clock(self.device)
+            clock = Clock(self.device)
             self.model.load_state_dict(state_dict)  # copies host tensors into device params
             self.weights_loaded = False  # what a stateless call loads is not ours to keep
             clock.lap("load_s")
@@ -76,7 +62,7 @@ class RemoteWorker:
     # -- stateful: the semantics-aware system -----------------------------------------------
     def load_weights_remote(self, state_dict) -> Reply:
         with self.lock:
-            clock = _Clock(self.device)
+            clock = Clock(self.device)
             self.model.load_state_dict(state_dict)
             self.weights_loaded = True
             clock.lap("load_s")
@@ -115,6 +101,15 @@ class RemoteWorker:
     def noop_remote(self) -> None:
         """The control benchmark's round trip: RPC cost with no work behind it."""
 
+    def gpu_sampler_start_remote(self) -> bool:
+        if self.sampler:
+            self.sampler.start()
+        return self.sampler is not None
+
+    def gpu_sampler_stop_remote(self) -> tuple[float | None, int]:
+        """(mean NVML utilization %, samples) since start; (None, 0) without a GPU."""
+        return self.sampler.stop() if self.sampler else (None, 0)
+
     def stats_remote(self) -> dict:
         import psutil
         cuda = self.device.type == "cuda"
@@ -125,7 +120,7 @@ class RemoteWorker:
                 "gpu_name": torch.cuda.get_device_name(self.device) if cuda else None}
 
     def _step(self, ids, cache):
-        clock = _Clock(self.device)
+        clock = Clock(self.device)
         ids = ids.to(self.device)
         clock.lap("h2d_s")
         logits = forward_step(self.model, ids, cache)

@@ -1,0 +1,61 @@
+"""What the harness itself costs, and whether its baseline is honest. Results go to extra_info;
+nothing here asserts a timing (shared machines are noisy: compare ratios from one run)."""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from fixtures.options import suite_options
+from harness.baseline import compare
+from harness.engine import run_phase
+from harness.models import forward_step, load_config, prompt_ids
+from harness.modes import NaiveBackend
+
+
+@pytest.mark.cell
+def test_local_loop_vs_generate(benchmark, client_models, request):
+    """The local mode's decode loop is no slower than generate() (target: ratio <= 1.05)."""
+    opts = suite_options(request.config)
+    model = client_models("local")
+    prompt = prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed)
+    benchmark.group = "baseline"
+    result = benchmark.pedantic(compare, args=(model, prompt, opts.steps), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+
+
+@pytest.mark.cell
+def test_control_empty_forward(benchmark, client_models, request):
+    """One token through the model with no cache: the least a forward pass costs here."""
+    from transformers import DynamicCache
+    model = client_models("local")
+    tok = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    benchmark.group = "control"
+    benchmark.pedantic(lambda: forward_step(model, tok, DynamicCache()).sum().item(),
+                       rounds=30, warmup_rounds=3)
+
+
+@pytest.mark.cell
+def test_capture_overhead(benchmark, make_cell, request):
+    """Naive prefill rounds with the probe (tcpdump, dmon, NVML sampler) on and off, alternating:
+    the latency ratio on/off (target <= 1.02) and the capture analysis' share of a round."""
+    opts = suite_options(request.config)
+    cell = make_cell("naive", "prefill")
+    on, off, share = [], [], []
+    pairs = max(opts.rounds, 5)
+
+    def measure():
+        for _ in range(pairs):
+            cell.setup()
+            cell.run_round()
+            cell.teardown()
+            on.append(cell.records[-1].result.latency_s)
+            share.append((cell.records[-1].probe.pcap_read_s or 0) / on[-1])
+            off.append(run_phase(cell.backend, cell.prompt, "prefill", 1).latency_s)
+    benchmark.group = "control"
+    benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
+    benchmark.extra_info.update({
+        "latency_on_s": on, "latency_off_s": off,
+        "on_over_off": statistics.median(on) / statistics.median(off),
+        "analysis_share_median": statistics.median(share)})

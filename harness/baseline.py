@@ -1,0 +1,49 @@
+"""An honest local baseline: the suite's decode loop against transformers' own generate() on the
+same model, machine and prompt, timed side by side (alternating, medians)."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from harness.engine import run_phase
+from harness.modes import LocalBackend
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def generate_s(model, prompt, new_tokens: int) -> float:
+    device = next(model.parameters()).device
+    ids = prompt.to(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def generate_tpot_s(model, prompt, steps: int) -> float:
+    """generate()'s time per output token after the first: (T(steps + 1) - T(1)) / steps."""
+    return (generate_s(model, prompt, steps + 1) - generate_s(model, prompt, 1)) / steps
+
+
+def loop_tpot_s(model, prompt, steps: int) -> float:
+    return run_phase(LocalBackend(model), prompt, "decode", steps).tpot_s
+
+
+def compare(model, prompt, steps: int, repeats: int = 3) -> dict:
+    """Alternate the two so drift on a shared machine hits both alike."""
+    loop, gen = [], []
+    loop_tpot_s(model, prompt, 2), generate_tpot_s(model, prompt, 2)  # warm both paths
+    for _ in range(repeats):
+        loop.append(loop_tpot_s(model, prompt, steps))
+        gen.append(generate_tpot_s(model, prompt, steps))
+    lm, gm = statistics.median(loop), statistics.median(gen)
+    return {"tpot_loop_s": lm, "tpot_generate_s": gm, "loop_over_generate": lm / gm,
+            "tpot_loop_all_s": loop, "tpot_generate_all_s": gen}

@@ -1,0 +1,102 @@
+"""The analytic payload model: what each cell must move, per direction, from the model's shape
+alone, and the closure check of the wire against it.
+
+Payload (tensor bytes, per call):
+  naive   client->GPU: W + ids + KV(s_prev)        GPU->client: logits + KV(s_prev + new)
+  sys     client->GPU: ids (weights W once, apart)  GPU->client: logits
+  local   nothing
+W counts GPT-2's tied lm_head/wte once: torch RPC ships storages, and the wire agrees (FIELD-NOTES:
+~249.5 MB of a 326 MB fp16 state_dict). KV(s) = layers x 2 x kv_heads x s x head_dim x dtype bytes.
+logits = vocab x dtype bytes (last position only). ids = tokens x 8 (int64).
+
+Wire = payload + protocol overhead, predicted as packets x 66 B (Ethernet 14 + IPv4 20 + TCP 32
+with timestamps) + messages x per-message RPC framing (pickled call, tensor descriptors,
+TensorPipe headers), the latter measured once per session on no-op round trips.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+HEADER_BYTES = 66
+CLOSURE_TOLERANCE = 0.02
+CLOSURE_MIN_PAYLOAD = 1_000_000
+
+
+@dataclass(frozen=True)
+class Shape:
+    weights_bytes: int          # distinct storages (tied tensors once)
+    weights_listed_bytes: int   # every state_dict entry, tied ones again
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    elem_bytes: int
+
+    def kv(self, seq: int) -> int:
+        return self.layers * 2 * self.kv_heads * seq * self.head_dim * self.elem_bytes
+
+    @property
+    def logits(self) -> int:
+        return self.vocab * self.elem_bytes
+
+
+def shape_of(config, dtype: torch.dtype) -> Shape:
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tensors = model.state_dict(keep_vars=True)
+    distinct = {id(t): t for t in tensors.values()}  # tied entries are one Parameter object
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return Shape(sum(t.nbytes for t in distinct.values()), sum(t.nbytes for t in tensors.values()),
+                 text.num_hidden_layers, kv_heads, head_dim, text.vocab_size, elem)
+
+
+@dataclass(frozen=True)
+class Payload:
+    tx_bytes: int       # client -> GPU host
+    rx_bytes: int       # GPU host -> client
+    calls: int          # RPC round trips
+
+    @property
+    def total(self) -> int:
+        return self.tx_bytes + self.rx_bytes
+
+
+def cell_payload(shape: Shape, mode: str, phase: str, prompt_len: int, steps: int) -> Payload:
+    """One round of a cell (prefill alone, or prefill + steps), excluding sys's one-time load."""
+    calls = [(0, prompt_len)] + ([(prompt_len + j, 1) for j in range(steps)] if phase == "decode" else [])
+    tx = rx = 0
+    for s_prev, new in calls:
+        if mode == "naive":
+            tx += shape.weights_bytes + new * 8 + shape.kv(s_prev)
+            rx += shape.logits + shape.kv(s_prev + new)
+        elif mode == "sys_simulated":
+            tx += new * 8
+            rx += shape.logits
+    return Payload(tx, rx, 0 if mode == "local" else len(calls))
+
+
+@dataclass(frozen=True)
+class Closure:
+    predicted_bytes: int
+    wire_bytes: int
+    error: float            # (wire - predicted) / wire
+    verdict: str            # "ok" | "INVALID" | "n/a (<1 MB)"
+
+
+def closure(payload: Payload, wire_bytes: int, packets: int | None, per_message_bytes: float) -> Closure:
+    """packets: pcap packet count of the round (both directions); None without a capture."""
+    overhead = (packets or 0) * HEADER_BYTES + payload.calls * per_message_bytes
+    predicted = int(payload.total + overhead)
+    err = (wire_bytes - predicted) / wire_bytes if wire_bytes else 0.0
+    if payload.total < CLOSURE_MIN_PAYLOAD or packets is None:
+        verdict = "n/a (<1 MB)" if payload.total < CLOSURE_MIN_PAYLOAD else "n/a (no capture)"
+    else:
+        verdict = "ok" if abs(err) <= CLOSURE_TOLERANCE else "INVALID"
+    return Closure(predicted, wire_bytes, err, verdict)

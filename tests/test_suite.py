@@ -1,0 +1,121 @@
+"""A smoke run of the benchmark suite on the tiny model, as users run it: a pytest subprocess.
+Checks the JSON result store, the report, the -k selection, the bytes gate and the xdist guard."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = ["--gap-model", "tiny", "--gap-steps", "5", "--gap-rounds", "3", "--gap-prompt-len", "32"]
+
+
+def run_suite(*args, timeout=600):
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:xdist", "-p", "no:cacheprovider",
+           *SMOKE, *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "out.json"
+    proc = run_suite(f"--benchmark-json={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc, json.loads(out.read_text()), out
+
+
+def cells(data):
+    return {b["name"]: b for b in data["benchmarks"] if "summary" in b["extra_info"]}
+
+
+def test_six_cells_with_rounds_bytes_and_utilization(smoke):
+    proc, data, _ = smoke
+    found = cells(data)
+    assert len(found) == 6, sorted(found)
+    for name, bench in found.items():
+        rounds = [r for r in bench["extra_info"]["rounds"] if not r["warmup"]]
+        assert len(rounds) == 3 and bench["stats"]["rounds"] == 3, name
+        for r in rounds:
+            assert {"link_tx_bytes", "link_rx_bytes", "pcap_bytes", "payload_tx_bytes",
+                    "gpu_sm_pct", "ttft_s", "tokens"} <= r.keys()
+    assert "Avg. GPU Utilization (%)" in proc.stdout, "the suite prints the plan's table at the end"
+    info = data["machine_info"]["semantic_gap"]
+    assert info["rpc"] == {"transports": ["uv"], "channels": ["basic"]}
+    assert info["versions"]["torch"]
+
+
+def test_semantic_gap_shows_in_bytes(smoke):
+    found = cells(smoke[1])
+    for phase in ("prefill", "decode"):
+        naive = found[f"test_cell[{phase}-naive]"]["extra_info"]["summary"]["link_bytes"]["mean"]
+        sys_ = found[f"test_cell[{phase}-sys_simulated]"]["extra_info"]["summary"]["link_bytes"]["mean"]
+        local = found[f"test_cell[{phase}-local]"]["extra_info"]["summary"]["link_bytes"]["mean"]
+        assert naive > 10 * sys_ > 0 and local == 0, (phase, naive, sys_, local)
+
+
+def test_report_writes_table_csv_and_plots(smoke, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.report", str(smoke[2]), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| decode | naive |" in proc.stdout
+    for name in ("table.md", "table.csv", "link_bytes.png", "latency_s.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_k_decode_runs_exactly_the_three_decode_cells(tmp_path):
+    out = tmp_path / "decode.json"
+    proc = run_suite("-k", "decode", f"--benchmark-json={out}", "--gap-rounds", "1", "--gap-warmup", "0")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    names = sorted(b["name"] for b in json.loads(out.read_text())["benchmarks"])
+    assert names == ["test_cell[decode-local]", "test_cell[decode-naive]",
+                     "test_cell[decode-sys_simulated]"]
+
+
+def test_bytes_gate_fails_on_planted_regression(smoke, tmp_path):
+    """A baseline that moved half the bytes: today's run is a +100% regression and must fail."""
+    baseline = copy.deepcopy(smoke[1])
+    for bench in baseline["benchmarks"]:
+        summary = bench["extra_info"].get("summary")
+        if summary:
+            summary["link_bytes"]["mean"] /= 2
+    storage = tmp_path / "storage" / "planted"
+    storage.mkdir(parents=True)
+    (storage / "0001_planted.json").write_text(json.dumps(baseline))
+    proc = run_suite("-k", "prefill-naive", f"--benchmark-compare={storage / '0001_planted.json'}",
+                     "--gap-compare-fail=bytes:5%",
+                     "--gap-rounds", "1", "--gap-warmup", "0")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "bytes regressed" in proc.stdout and "(+100." in proc.stdout
+
+
+def test_bytes_gate_passes_against_itself(smoke, tmp_path):
+    storage = tmp_path / "storage" / "same"
+    storage.mkdir(parents=True)
+    (storage / "0001_same.json").write_text(json.dumps(smoke[1]))
+    proc = run_suite("-k", "prefill-naive", f"--benchmark-compare={storage / '0001_same.json'}",
+                     "--gap-compare-fail=bytes:5%,gpu:10%",
+                     "--gap-rounds", "1", "--gap-warmup", "0")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_cells_refuse_to_run_concurrently():
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "-p", "no:cacheprovider", *SMOKE]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "must never run concurrently" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--gap-steps", "0"], "--gap-steps 0 must be >= 1"),
+    (["--gap-model", "nosuch"], "unknown model 'nosuch'"),
+    (["--gap-compare-fail", "speed:5"], "expected METRIC:N%"),
+    (["--gap-prompt-len", "600"], "exceeds tiny's context of 512"),
+])
+def test_bad_options_fail_at_parse_time(args, needle):
+    proc = run_suite(*args, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage-error exit code
+    assert needle in proc.stderr
