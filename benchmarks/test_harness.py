@@ -45,14 +45,22 @@ def test_capture_overhead(benchmark, make_cell, request):
     on, off, share = [], [], []
     pairs = max(opts.rounds, 5)
 
+    def probed():
+        cell.setup()
+        cell.run_round()
+        cell.teardown()
+        on.append(cell.records[-1].result.latency_s)
+        share.append((cell.records[-1].probe.pcap_read_s or 0) / on[-1])
+
+    def bare():
+        off.append(run_phase(cell.backend, cell.prompt, "prefill", 1).latency_s)
+
     def measure():
-        for _ in range(pairs):
-            cell.setup()
-            cell.run_round()
-            cell.teardown()
-            on.append(cell.records[-1].result.latency_s)
-            share.append((cell.records[-1].probe.pcap_read_s or 0) / on[-1])
-            off.append(run_phase(cell.backend, cell.prompt, "prefill", 1).latency_s)
+        bare()  # warm-up, not recorded
+        off.clear()
+        for i in range(pairs):  # alternate which goes first, so drift hits both alike
+            for f in ((probed, bare) if i % 2 else (bare, probed)):
+                f()
     benchmark.group = "control"
     benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
     benchmark.extra_info.update({

@@ -82,6 +82,8 @@ class RoundProbe:
         if self._dmon is None:
             return None, 0
         text, self._dmon = self._dmon.stop(), None
+        if not any(line.strip() and not line.startswith("#") for line in text.splitlines()):
+            return None, 0  # stopped before dmon's first sample: a round shorter than its period
         series = parse_dmon(text, gpu=0, column="sm")
         return series.mean, series.n
 

@@ -11,6 +11,8 @@ device->host), synchronised on CUDA, so the client can tell wire time from serve
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import uuid
 from typing import NamedTuple
@@ -52,7 +54,8 @@ class RemoteWorker:
             ids = input_ids.to(self.device)
             cache = kv_to_cache(kv_to(kv_cache, self.device)) if kv_cache else self._new_cache()
             clock.lap("h2d_s")
-            logits = forward_step(self.model, ids, cache)
+            with self._stream():
+                logits = forward_step(self.model, ids, cache)
             clock.lap("compute_s")
             reply_kv = [(k.cpu(), v.cpu()) for k, v in cache_to_kv(cache)]
             logits = logits.cpu()
@@ -123,11 +126,21 @@ class RemoteWorker:
         clock = Clock(self.device)
         ids = ids.to(self.device)
         clock.lap("h2d_s")
-        logits = forward_step(self.model, ids, cache)
+        with self._stream():
+            logits = forward_step(self.model, ids, cache)
         clock.lap("compute_s")
         logits = logits.cpu()
         clock.lap("d2h_s")
         return logits, clock.split
+
+    def _stream(self):
+        """TensorPipe runs each request with fresh streams from CUDA's pool as current; the
+        forward then runs on a stream unlike the local loop's. SGAP_WORKER_STREAM=pool keeps
+        that (to measure the difference); the default is the device's default stream. Safe:
+        replies are CPU tensors, copied after a synchronize."""
+        if self.device.type != "cuda" or os.environ.get("SGAP_WORKER_STREAM", "default") == "pool":
+            return contextlib.nullcontext()
+        return torch.cuda.stream(torch.cuda.default_stream(self.device))
 
     def _new_cache(self):
         from transformers import DynamicCache

@@ -1,0 +1,230 @@
+"""RemoteWorker used in-process (no RPC): the stateless and stateful paths, their equality, the
+KV-cache store's errors and its bookkeeping over many sessions."""
+from __future__ import annotations
+
+import gc
+
+import psutil
+import pytest
+import torch
+
+from harness.models import ModelSpec, build_model, forward_step, load_config, prompt_ids
+from harness.worker import RemoteWorker
+
+PROMPT_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def client():
+    """The client's side for a preset: its model (CPU), its weights and a prompt."""
+    made = {}
+
+    def get(name: str = "tiny"):
+        if name not in made:
+            spec = ModelSpec(name)
+            model = build_model(spec, "cpu")
+            made[name] = (spec, model, model.state_dict(), load_config(spec),
+                          prompt_ids(load_config(spec), PROMPT_LEN, seed=0))
+        return made[name]
+    return get
+
+
+@pytest.fixture
+def worker(client):
+    spec, _, sd, _, _ = client("tiny")
+    return RemoteWorker(spec, "cpu")
+
+
+def _seq_len(kv) -> int:
+    return int(kv[0][0].shape[-2])
+
+
+def _next_token(logits) -> torch.Tensor:
+    return torch.argmax(logits[0]).reshape(1, 1)
+
+
+# -- stateless ------------------------------------------------------------------------------
+
+def test_stateless_forward_shapes_and_growth(client, worker):
+    spec, _, sd, config, prompt = client("tiny")
+    reply = worker.run_stateless_forward_remote(sd, prompt)
+    assert reply.logits.shape == (1, config.vocab_size)
+    assert reply.kv_cache_id is None
+    kv = reply.kv_cache
+    assert isinstance(kv, list) and len(kv) == config.n_layer
+    for k, v in kv:
+        assert k.shape == v.shape
+        assert k.shape[-2] == PROMPT_LEN
+        assert k.device.type == "cpu"
+    assert set(reply.server_s) == {"load_s", "h2d_s", "compute_s", "d2h_s"}
+
+    before = [(k.clone(), v.clone()) for k, v in kv]
+    reply2 = worker.run_stateless_forward_remote(sd, _next_token(reply.logits), kv)
+    assert reply2.logits.shape == (1, config.vocab_size)
+    assert len(reply2.kv_cache) == config.n_layer
+    for (k2, v2), (k, v) in zip(reply2.kv_cache, before):
+        assert k2.shape[-2] == PROMPT_LEN + 1 and v2.shape[-2] == PROMPT_LEN + 1
+        # the old positions come back unchanged, the kv we sent is not modified in place
+        assert torch.equal(k2[..., :PROMPT_LEN, :], k) and torch.equal(v2[..., :PROMPT_LEN, :], v)
+    for (k, v), (k0, v0) in zip(kv, before):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
+def test_stateless_keeps_nothing(client, worker):
+    spec, _, sd, _, prompt = client("tiny")
+    reply = worker.run_stateless_forward_remote(sd, prompt)
+    worker.run_stateless_forward_remote(sd, _next_token(reply.logits), reply.kv_cache)
+    assert worker.caches == {}
+    assert worker.weights_loaded is False
+    # ...even after a stateful load: a stateless call's weights are not the worker's to keep
+    worker.load_weights_remote(sd)
+    assert worker.weights_loaded is True
+    worker.run_stateless_forward_remote(sd, prompt)
+    assert worker.weights_loaded is False
+    assert worker.caches == {}
+
+
+# -- stateless == stateful ------------------------------------------------------------------
+
+def _stateless_run(worker, sd, prompt, steps):
+    reply = worker.run_stateless_forward_remote(sd, prompt)
+    logits, kv = [reply.logits], reply.kv_cache
+    for _ in range(steps):
+        reply = worker.run_stateless_forward_remote(sd, _next_token(logits[-1]), kv)
+        logits.append(reply.logits)
+        kv = reply.kv_cache
+    return logits
+
+
+def _stateful_run(worker, sd, prompt, steps):
+    worker.load_weights_remote(sd)
+    reply = worker.run_prefill_remote(prompt)
+    cid = reply.kv_cache_id
+    logits = [reply.logits]
+    for _ in range(steps):
+        reply = worker.run_decode_step_remote(_next_token(logits[-1]), cid)
+        assert reply.kv_cache_id == cid and reply.kv_cache is None
+        logits.append(reply.logits)
+    worker.release_cache_remote(cid)
+    return logits
+
+
+def _local_run(model, prompt, steps):
+    from transformers import DynamicCache
+    cache = DynamicCache()
+    logits = [forward_step(model, prompt, cache)]
+    for _ in range(steps):
+        logits.append(forward_step(model, _next_token(logits[-1]), cache))
+    return logits
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_stateless_and_stateful_bitwise_equal(client, preset):
+    spec, model, sd, config, prompt = client(preset)
+    steps = 5
+    stateless = _stateless_run(RemoteWorker(spec, "cpu"), sd, prompt, steps)
+    stateful = _stateful_run(RemoteWorker(spec, "cpu"), sd, prompt, steps)
+    assert len(stateless) == len(stateful) == steps + 1
+    for i, (a, b) in enumerate(zip(stateless, stateful)):
+        assert a.shape == (1, config.vocab_size)
+        assert torch.equal(a, b), f"{preset}: logits differ at forward {i}"
+    # same prompt, same first token: the two paths agree on one step as well
+    assert torch.equal(stateless[0], stateful[0])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_worker_matches_client_model(client, preset):
+    """The worker's skeleton (built without init) + shipped weights computes what the client's
+    own model computes: catches buffers that load_state_dict does not fill (RoPE inv_freq)."""
+    spec, model, sd, _, prompt = client(preset)
+    local = _local_run(model, prompt, 3)
+    remote = _stateful_run(RemoteWorker(spec, "cpu"), sd, prompt, 3)
+    for i, (a, b) in enumerate(zip(local, remote)):
+        torch.testing.assert_close(b, a, msg=lambda m: f"{preset} forward {i}: {m}")
+    assert [int(torch.argmax(l)) for l in local] == [int(torch.argmax(l)) for l in remote]
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+def test_prefill_before_load_weights(client, worker):
+    _, _, _, _, prompt = client("tiny")
+    with pytest.raises(RuntimeError, match="load_weights_remote"):
+        worker.run_prefill_remote(prompt)
+    assert worker.caches == {}
+
+
+def test_decode_before_load_weights(worker):
+    with pytest.raises(RuntimeError, match="load_weights_remote"):
+        worker.run_decode_step_remote(torch.tensor([[1]]), "whatever")
+
+
+def test_unknown_cache_id(client, worker):
+    _, _, sd, _, _ = client("tiny")
+    worker.load_weights_remote(sd)
+    with pytest.raises(KeyError, match="nosuchid"):
+        worker.run_decode_step_remote(torch.tensor([[1]]), "nosuchid")
+    with pytest.raises(KeyError, match="nosuchid"):
+        worker.release_cache_remote("nosuchid")
+
+
+def test_release_cache(client, worker):
+    _, _, sd, _, prompt = client("tiny")
+    worker.load_weights_remote(sd)
+    cid = worker.run_prefill_remote(prompt).kv_cache_id
+    assert list(worker.caches) == [cid]
+    worker.release_cache_remote(cid)
+    assert worker.caches == {}
+    with pytest.raises(KeyError, match=cid):
+        worker.release_cache_remote(cid)
+    with pytest.raises(KeyError, match=cid):
+        worker.run_decode_step_remote(torch.tensor([[1]]), cid)
+
+
+def test_store_full(client, worker, monkeypatch):
+    monkeypatch.setattr(RemoteWorker, "MAX_SESSIONS", 3)
+    _, _, sd, _, prompt = client("tiny")
+    worker.load_weights_remote(sd)
+    ids = [worker.run_prefill_remote(prompt).kv_cache_id for _ in range(3)]
+    assert len(set(ids)) == 3 and len(worker.caches) == 3
+    with pytest.raises(RuntimeError, match=r"full \(3 sessions\).*release_cache_remote"):
+        worker.run_prefill_remote(prompt)
+    assert len(worker.caches) == 3  # the refused prefill left nothing behind
+    worker.release_cache_remote(ids[0])
+    ids.append(worker.run_prefill_remote(prompt).kv_cache_id)  # room again
+    assert len(worker.caches) == 3
+
+
+def test_reset_remote(client, worker):
+    _, _, sd, _, prompt = client("tiny")
+    worker.load_weights_remote(sd)
+    worker.run_prefill_remote(prompt)
+    worker.reset_remote()
+    assert worker.caches == {} and worker.weights_loaded is False
+    with pytest.raises(RuntimeError, match="load_weights_remote"):
+        worker.run_prefill_remote(prompt)
+
+
+# -- many sessions --------------------------------------------------------------------------
+
+def test_many_sessions_leave_nothing(client, worker):
+    _, _, sd, _, prompt = client("tiny")
+    worker.load_weights_remote(sd)
+    proc = psutil.Process()
+
+    def session():
+        reply = worker.run_prefill_remote(prompt)
+        cid = reply.kv_cache_id
+        tok = _next_token(reply.logits)
+        for _ in range(4):
+            tok = _next_token(worker.run_decode_step_remote(tok, cid).logits)
+        worker.release_cache_remote(cid)
+
+    session()
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    for _ in range(199):
+        session()
+    gc.collect()
+    assert len(worker.caches) == 0
+    grown = proc.memory_info().rss - rss0
+    assert grown < 50 * 2**20, f"RSS grew {grown / 2**20:.1f} MB over 199 sessions"
