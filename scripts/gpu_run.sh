@@ -23,7 +23,7 @@ for model in "$@"; do
   d="$OUT/$model"; mkdir -p "$d"
   nvidia-smi dmon -s u -d 1 > "$d/dmon-whole-run.log" 2>&1 &
   dmon=$!
-  python3 -m pytest benchmarks -p no:xdist -p no:cacheprovider --gap-model "$model" ${GAP_ARGS:-} \
+  timeout -s INT "${GAP_TIMEOUT:-36000}" python3 -m pytest benchmarks -p no:xdist -p no:cacheprovider --gap-model "$model" ${GAP_ARGS:-} \
     --benchmark-json="$d/$model.json" 2>&1 | tee "$d/pytest.log" | grep -v '^\s*$' | tail -40
   kill -INT $dmon; wait $dmon 2>/dev/null
   python3 -m harness.report "$d/$model.json" --out "$d" | tail -3
