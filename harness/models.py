@@ -92,25 +92,37 @@ def max_positions(config) -> int:
 
 def build_model(spec: ModelSpec, device: str | torch.device, with_weights: bool = True):
     """The model in eval mode on `device`. with_weights=False gives the skeleton only (the
-    server's, whose weights arrive over RPC): no random init, just uninitialised storage."""
+    server's, whose weights arrive over RPC).
+
+    Both kinds are built the same way, a skeleton in the target dtype and then, for the client,
+    load_state_dict: buffers that no state_dict carries (RoPE's inv_freq) must be computed
+    alike on both hosts. Casting a whole fp32 model instead rounds inv_freq to fp16 on one side
+    only, and llama-1b's greedy tokens then parted at the third token on the H100.
+    """
     from transformers import AutoModelForCausalLM
-    config = load_config(spec)
-    if not with_weights:
-        # Skip random init (seconds for gpt2, a minute for llama-1b on 2 cores) but still run the
-        # constructors: a meta-device skeleton would leave non-persistent buffers (RoPE inv_freq)
-        # as garbage, since load_state_dict never fills them.
-        from transformers.initialization import no_init_weights
-        with no_init_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=spec.torch_dtype)
-    elif spec.is_local_dir:
+    from transformers.initialization import no_init_weights
+    # Skip random init in the skeleton (a minute for llama-1b on 2 cores) but still run the
+    # constructors: a meta-device skeleton would leave non-persistent buffers as garbage.
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(load_config(spec), dtype=spec.torch_dtype)
+    model.tie_weights()  # no_init_weights also skips init_weights(), which ties lm_head to wte
+    if with_weights:
+        model.load_state_dict(_weights(spec))
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id
+    return model.to(device).eval()
+
+
+def _weights(spec: ModelSpec) -> dict:
+    """The client's weights: a local directory's, or seeded random ones initialised in fp32 on
+    the CPU and then cast, so every machine gets the same bits for (preset, seed, dtype)."""
+    from transformers import AutoModelForCausalLM
+    if spec.is_local_dir:
         model = AutoModelForCausalLM.from_pretrained(spec.name, local_files_only=True,
                                                      dtype=spec.torch_dtype)
     else:
         torch.manual_seed(spec.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model = model.to(spec.torch_dtype)
-    model.generation_config.pad_token_id = model.generation_config.eos_token_id
-    return model.to(device).eval()
+        model = AutoModelForCausalLM.from_config(load_config(spec), dtype=torch.float32)
+    return {k: v.to(spec.torch_dtype) for k, v in model.state_dict().items()}
 
 
 def default_device() -> str:

@@ -41,10 +41,14 @@ class ServerProcess:
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()
         deadline = time.monotonic() + timeout_s
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise UsageError(self._failure())
+        try:
+            while not ready.wait(0.05):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise UsageError(self._failure())
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C/SIGTERM while it starts: the caller
+            self.stop(timeout_s=1.0)             # has no handle on it yet, so stop it here
+            raise
         return self
 
     def _read(self, ready: threading.Event) -> None:

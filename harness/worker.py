@@ -6,14 +6,19 @@
 - stateful (the semantics-aware system): weights loaded once; the KV cache stays here under an
   id; a decode step brings one token and the id.
 
+All model work runs on one dedicated thread. RPC serves each request on whichever thread of its
+pool is free, and per-thread state in the CUDA libraries follows the thread: on the H100, cuDNN's
+attention builds an execution graph per (thread, sequence length), so a decode step spread over
+8 pool threads ran 72 ms instead of 10 ms (scripts/diagnose_threads.py); one thread, warmed once
+like the local loop, runs as fast as the local loop.
+
 Every reply carries `server_s`, the server's own time split (load, host->device, compute,
 device->host), synchronised on CUDA, so the client can tell wire time from server time.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
+import functools
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from typing import NamedTuple
 
@@ -32,74 +37,85 @@ class Reply(NamedTuple):
     server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s"}
 
 
+def _compute_thread(method):
+    """Run the method on the worker's compute thread, whatever RPC thread called it."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        return self._on_compute_thread(method, self, *args, **kwargs)
+    return wrapper
+
+
 class RemoteWorker:
     MAX_SESSIONS = 64  # live KV caches; more means a client forgot release_cache_remote
 
     def __init__(self, spec: ModelSpec, device: str | None = None):
         self.device = torch.device(device or default_device())
         self.spec = spec
-        self.model = build_model(spec, self.device, with_weights=False)
+        # one thread for all model work: it also serialises requests, so no lock is needed
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
+        self.model = self._on_compute_thread(build_model, spec, self.device, with_weights=False)
         self.weights_loaded = False
         self.caches: dict[str, object] = {}
-        self.lock = threading.Lock()  # RPC serves requests from a thread pool
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
+    def _on_compute_thread(self, fn, *args, **kwargs):
+        return self._compute.submit(fn, *args, **kwargs).result()
+
     # -- stateless: the naive system ------------------------------------------------------
+    @_compute_thread
     def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache=None) -> Reply:
-        with self.lock:
-            clock = Clock(self.device)
-            self.model.load_state_dict(state_dict)  # copies host tensors into device params
-            self.weights_loaded = False  # what a stateless call loads is not ours to keep
-            clock.lap("load_s")
-            ids = input_ids.to(self.device)
-            cache = kv_to_cache(kv_to(kv_cache, self.device)) if kv_cache else self._new_cache()
-            clock.lap("h2d_s")
-            with self._stream():
-                logits = forward_step(self.model, ids, cache)
-            clock.lap("compute_s")
-            reply_kv = [(k.cpu(), v.cpu()) for k, v in cache_to_kv(cache)]
-            logits = logits.cpu()
-            clock.lap("d2h_s")
-            return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
+        clock = Clock(self.device)
+        self.model.load_state_dict(state_dict)  # copies host tensors into device params
+        self.weights_loaded = False  # what a stateless call loads is not ours to keep
+        clock.lap("load_s")
+        ids = input_ids.to(self.device)
+        cache = kv_to_cache(kv_to(kv_cache, self.device)) if kv_cache else self._new_cache()
+        clock.lap("h2d_s")
+        logits = forward_step(self.model, ids, cache)
+        clock.lap("compute_s")
+        reply_kv = [(k.cpu(), v.cpu()) for k, v in cache_to_kv(cache)]
+        logits = logits.cpu()
+        clock.lap("d2h_s")
+        return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
 
     # -- stateful: the semantics-aware system -----------------------------------------------
+    @_compute_thread
     def load_weights_remote(self, state_dict) -> Reply:
-        with self.lock:
-            clock = Clock(self.device)
-            self.model.load_state_dict(state_dict)
-            self.weights_loaded = True
-            clock.lap("load_s")
-            return Reply(torch.empty(0), server_s=clock.split)
+        clock = Clock(self.device)
+        self.model.load_state_dict(state_dict)
+        self.weights_loaded = True
+        clock.lap("load_s")
+        return Reply(torch.empty(0), server_s=clock.split)
 
+    @_compute_thread
     def run_prefill_remote(self, token_ids) -> Reply:
-        with self.lock:
-            self._require_weights()
-            if len(self.caches) >= self.MAX_SESSIONS:
-                raise RuntimeError(f"KV cache store full ({self.MAX_SESSIONS} sessions): call "
-                                   "release_cache_remote(kv_cache_id) when a session ends")
-            kv_cache_id = uuid.uuid4().hex
-            cache = self._new_cache()
-            logits, split = self._step(token_ids, cache)
-            self.caches[kv_cache_id] = cache
-            return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
+        self._require_weights()
+        if len(self.caches) >= self.MAX_SESSIONS:
+            raise RuntimeError(f"KV cache store full ({self.MAX_SESSIONS} sessions): call "
+                               "release_cache_remote(kv_cache_id) when a session ends")
+        kv_cache_id = uuid.uuid4().hex
+        cache = self._new_cache()
+        logits, split = self._step(token_ids, cache)
+        self.caches[kv_cache_id] = cache
+        return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
 
+    @_compute_thread
     def run_decode_step_remote(self, token_id, kv_cache_id: str) -> Reply:
-        with self.lock:
-            self._require_weights()
-            logits, split = self._step(token_id, self._cache(kv_cache_id))
-            return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
+        self._require_weights()
+        logits, split = self._step(token_id, self._cache(kv_cache_id))
+        return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
 
+    @_compute_thread
     def release_cache_remote(self, kv_cache_id: str) -> None:
-        with self.lock:
-            self._cache(kv_cache_id)
-            del self.caches[kv_cache_id]
+        self._cache(kv_cache_id)
+        del self.caches[kv_cache_id]
 
     # -- housekeeping -------------------------------------------------------------------------
+    @_compute_thread
     def reset_remote(self) -> None:
         """Drop every cache and forget the weights: a new cell starts from nothing."""
-        with self.lock:
-            self.caches.clear()
-            self.weights_loaded = False
+        self.caches.clear()
+        self.weights_loaded = False
 
     def noop_remote(self) -> None:
         """The control benchmark's round trip: RPC cost with no work behind it."""
@@ -126,21 +142,11 @@ class RemoteWorker:
         clock = Clock(self.device)
         ids = ids.to(self.device)
         clock.lap("h2d_s")
-        with self._stream():
-            logits = forward_step(self.model, ids, cache)
+        logits = forward_step(self.model, ids, cache)
         clock.lap("compute_s")
         logits = logits.cpu()
         clock.lap("d2h_s")
         return logits, clock.split
-
-    def _stream(self):
-        """TensorPipe runs each request with fresh streams from CUDA's pool as current; the
-        forward then runs on a stream unlike the local loop's. SGAP_WORKER_STREAM=pool keeps
-        that (to measure the difference); the default is the device's default stream. Safe:
-        replies are CPU tensors, copied after a synchronize."""
-        if self.device.type != "cuda" or os.environ.get("SGAP_WORKER_STREAM", "default") == "pool":
-            return contextlib.nullcontext()
-        return torch.cuda.stream(torch.cuda.default_stream(self.device))
 
     def _new_cache(self):
         from transformers import DynamicCache

@@ -6,6 +6,7 @@ run created, by pid and by name, whatever the assertions said.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -18,16 +19,27 @@ import psutil
 import pytest
 
 from harness import netns
-from tests.test_cli import REPO, TAG_VAR, netns_names, tagged_servers
+from tests.test_cli import REPO, TAG_VAR, free_port, netns_names, tagged_servers
 
-pytestmark = pytest.mark.skipif(
+needs_netns = pytest.mark.skipif(
     not netns.can_make_namespaces(),
     reason="needs root and a working `ip netns` (the embedded namespace + veth testbed)")
 
 RUN_ARGS = ["--mode", "naive", "--phase", "decode", "--model", "tiny", "--decode-steps", "400",
             "--prompt-len", "64"]
+# run_llm.py as a non-root user runs it: the GPU host emulated on loopback, no namespace
+LOOPBACK = ["-c", "import sys; sys.argv[0] = 'run_llm.py'; import harness.netns as n; "
+            "n.can_make_namespaces = lambda: False; import run_llm; sys.exit(run_llm.main())"]
 START_TIMEOUT_S = 120
 EXIT_TIMEOUT_S = 30
+
+
+def tx_bytes(iface: str) -> int:
+    """The kernel's tx byte counter of iface (0 while it does not exist)."""
+    try:
+        return int(Path(f"/sys/class/net/{iface}/statistics/tx_bytes").read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def link_exists(name: str) -> bool:
@@ -44,15 +56,19 @@ def alive(p: psutil.Process) -> bool:
 class Run:
     """run_llm.py in a child process, with what it starts attributed to it by an env tag."""
 
-    def __init__(self):
+    def __init__(self, loopback: bool = False):
         self.tag = uuid.uuid4().hex
         self.t0 = time.time()
         env = dict(os.environ, **{TAG_VAR: self.tag})
         env.pop("SGAP_DEVICE", None)
-        self.proc = subprocess.Popen([sys.executable, "run_llm.py", *RUN_ARGS], cwd=REPO, env=env,
+        argv = [*LOOPBACK, *RUN_ARGS, "--port", str(free_port())] if loopback else \
+            ["run_llm.py", *RUN_ARGS]
+        self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
+        self.loopback = loopback
         self.ns, self.veth = f"sgap{self.pid}", f"sgc{self.pid}"
+        self.iface = "lo" if loopback else self.veth
         self.servers: list[psutil.Process] = []
         self.out = self.err = ""
 
@@ -63,21 +79,20 @@ class Run:
         """Until the namespace exists and the server runs (and, if asked, until at least
         link_bytes crossed the veth: the decode loop is under way)."""
         deadline = time.monotonic() + START_TIMEOUT_S
+        tx0 = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.collect()
                 pytest.fail(f"run_llm exited {self.proc.returncode} before we signalled it\n"
                             f"stderr:\n{self.err}")
             servers = self.servers_now()
-            if servers and self.ns in netns_names():
+            if servers and (self.loopback or self.ns in netns_names()):
                 self.servers = servers
                 if link_bytes == 0:
                     return
-                try:
-                    tx, _ = netns.counters(self.veth)
-                except FileNotFoundError:
-                    tx = 0
-                if tx >= link_bytes:
+                tx = tx_bytes(self.iface)
+                tx0 = tx if tx0 is None else tx0
+                if tx - tx0 >= link_bytes:
                     return
             time.sleep(0.05)
         pytest.fail(f"run_llm did not bring up {self.ns} and its server in {START_TIMEOUT_S} s")
@@ -114,17 +129,28 @@ class Run:
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
 
 
+# Every embedded run starts with clean_stale(), which would remove test_clean_stale_after_sigkill's
+# leftovers before it looks: the tests here take turns across pytest-xdist workers.
+LOCK_PATH = Path("/tmp/sgap-test-cleanup.lock")
+
+
 @pytest.fixture
 def run_llm():
+    lock = open(LOCK_PATH, "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     runs: list[Run] = []
 
-    def start() -> Run:
-        r = Run()
+    def start(loopback: bool = False) -> Run:
+        r = Run(loopback)
         runs.append(r)
         return r
-    yield start
-    for r in runs:
-        r.teardown()
+    try:
+        yield start
+    finally:
+        for r in runs:
+            r.teardown()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 def assert_all_gone(run: Run) -> None:
@@ -145,6 +171,7 @@ def assert_all_gone(run: Run) -> None:
 WHEN = {"at-server-start": 0, "mid-decode": 20 * 2**20}
 
 
+@needs_netns
 @pytest.mark.parametrize("when", list(WHEN))
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)],
                          ids=["SIGTERM", "SIGINT"])
@@ -164,6 +191,7 @@ def test_signal_cleans_up(run_llm, sig, code, when):
         assert "interrupted; cleaned up" in run.err
 
 
+@needs_netns
 def test_clean_stale_after_sigkill(run_llm):
     run = run_llm()
     run.wait_started()
@@ -185,3 +213,22 @@ def test_clean_stale_after_sigkill(run_llm):
         time.sleep(0.1)
     assert not any(alive(p) for p in orphans), \
         f"orphan rpc_server.py still running: {[p.pid for p in orphans if alive(p)]}"
+
+
+@pytest.mark.parametrize("when", list(WHEN))
+def test_sigterm_cleans_up_on_loopback(run_llm, when):
+    """Without root the GPU host runs on loopback: no namespace whose teardown would kill the
+    server as a side effect, so the server must be stopped by pid on every path."""
+    run = run_llm(loopback=True)
+    run.wait_started(link_bytes=WHEN[when])
+    assert run.servers, "no rpc_server.py found for the run"
+    os.kill(run.pid, signal.SIGTERM)
+    rc = run.collect(EXIT_TIMEOUT_S)
+    assert rc is not None, f"run_llm still running {EXIT_TIMEOUT_S} s after SIGTERM"
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in run.servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p.pid for p in run.servers if alive(p)] + [p.pid for p in run.servers_now()]
+    assert not left, f"rpc_server.py left running: {left}"
+    assert run.ns not in netns_names()
+    assert rc == 128 + signal.SIGTERM, f"exit {rc}\nstderr:\n{run.err}"

@@ -18,10 +18,10 @@ def _generate(model, prompt, n_new):
     return out[0, prompt.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("name,dtype", [("tiny", "fp32"), ("tiny-llama", "fp32"), ("tiny-llama", "bf16")])
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_three_modes_and_generate_agree(gap_testbed, name, phase):
-    spec = ModelSpec(name)
+def test_three_modes_and_generate_agree(gap_testbed, name, dtype, phase):
+    spec = ModelSpec(name, dtype)
     model = build_model(spec, "cpu")
     prompt = prompt_ids(load_config(spec), 32, seed=0)
     worker = gap_testbed.worker(spec)
