@@ -56,10 +56,73 @@ def table_rows(infos) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+def markdown_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+CHECK_COLUMNS = ["Phase", "Mode", "Analytic payload", "pcap bytes", "Counter bytes", "Closure",
+                 "dmon SM %", "NVML util %", "Busy fraction", "Wire Gbit/s (÷ iperf3)"]
+TIME_PARTS = ["client_s", "serdes_s", "wire_s", "server_load_s", "server_h2d_s",
+              "server_compute_s", "server_d2h_s"]
+
+
+def _num(v, fmt):
+    return "n/a" if v is None else fmt(v)
+
+
+def check_rows(infos) -> list[dict]:
+    """The measurement's own evidence per cell: payload closure, utilization three ways."""
+    rows = []
+    for info in sorted(infos, key=_sort_key):
+        s, first = info["summary"], _first_measured(info)
+        a = first.get("analysis", {})
+        verdicts = ", ".join(s.get("closure_verdicts", [])) or "n/a"
+        err = s.get("closure_error", {}).get("mean")
+        ratio = s.get("wire_vs_iperf", {}).get("mean")
+        gbps = s.get("wire_gbps", {}).get("mean")
+        dmon = s.get("util_dmon_sm_pct", {}).get("mean")
+        rows.append({
+            "Phase": info["phase"], "Mode": info["mode"],
+            "Analytic payload": human_bytes((a.get("analytic_tx_bytes") or 0) + (a.get("analytic_rx_bytes") or 0)),
+            "pcap bytes": human_bytes(s["pcap_bytes"]["mean"]),
+            "Counter bytes": human_bytes(s["link_bytes"]["mean"]),
+            "Closure": f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)"),
+            "dmon SM %": _num(dmon, lambda v: f"{v:.1f}") if dmon is not None or not s.get("util_dmon_note")
+                         else "n/a (< dmon period)",
+            "NVML util %": _num(s.get("util_nvml_pct", {}).get("mean"), lambda v: f"{v:.1f}"),
+            "Busy fraction": _num(s.get("util_busy_fraction", {}).get("mean"), lambda v: f"{v:.2f}"),
+            "Wire Gbit/s (÷ iperf3)": "n/a" if gbps is None else f"{gbps:.2f} ({ratio:.2f})" if ratio else f"{gbps:.2f}",
+        })
+    return rows
+
+
+def time_rows(infos) -> list[dict]:
+    """Where the time went, mean per measured round, in seconds."""
+    rows = []
+    for info in sorted(infos, key=_sort_key):
+        t = info["summary"].get("time") or {}
+        ratio = info["summary"].get("time_parts_sum_ratio", {}).get("mean")
+        row = {"Phase": info["phase"], "Mode": info["mode"],
+               "Latency (s)": f"{info['summary']['latency_s']['mean']:.4f}"}
+        row |= {k: _num(t.get(k), lambda v: f"{v:.4f}") for k in TIME_PARTS}
+        row["sum / latency"] = _num(ratio, lambda v: f"{v:.3f}")
+        rows.append(row)
+    return rows
+
+
+def _first_measured(info) -> dict:
+    return next((r for r in info["rounds"] if not r["warmup"]), {})
+
+
+def full_report(infos) -> str:
+    infos = list(infos)
+    return "\n\n".join([
+        markdown_table(table_rows(infos)),
+        "Measurement checks (means over measured rounds):\n" + markdown_table(check_rows(infos), CHECK_COLUMNS),
+        "Time breakdown (s per round; serdes and wire derived, see harness/analysis.py):\n"
+        + markdown_table(time_rows(infos), ["Phase", "Mode", "Latency (s)", *TIME_PARTS, "sum / latency"])])
 
 
 def regressions(info: dict, base_info: dict, tolerances: dict) -> list[str]:
@@ -117,12 +180,13 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_all(rows: list[dict], out_dir: Path) -> list[Path]:
+def write_all(infos: list[dict], out_dir: Path) -> list[Path]:
     import pandas as pd
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "table.md"
-    md.write_text(markdown_table(rows) + "\n")
+    md.write_text(full_report(infos) + "\n")
     csv = out_dir / "table.csv"
+    rows = table_rows(infos)
     pd.DataFrame(rows).to_csv(csv, index=False)
     return [md, csv, *plot(rows, out_dir)]
 
@@ -133,12 +197,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="folder for table.md, table.csv, *.png [beside the JSON]")
     args = p.parse_args(argv)
     try:
-        rows = table_rows(load_infos(args.json))
+        infos = load_infos(args.json)
     except (OSError, ValueError, KeyError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
-    print(markdown_table(rows))
-    for path in write_all(rows, args.out or args.json.parent):
+    print(full_report(infos))
+    for path in write_all(infos, args.out or args.json.parent):
         print(f"wrote {path}")
     return 0
 

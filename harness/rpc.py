@@ -90,7 +90,10 @@ def check_reachable(addr: str, port: int, timeout_s: float) -> None:
 
 
 def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
+    import warnings
     from torch.distributed import rpc
+    # torch's own RPC start-up trips its deprecation notice about Gloo; nothing of ours to fix
+    warnings.filterwarnings("ignore", message="You are using a Backend")
     pin_interface(iface)
     rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=backend_options(cfg))
 
