@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 from harness import rpc
 from harness.errors import UsageError
@@ -23,7 +24,20 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=29500)
     p.add_argument("--channel", default="basic", choices=rpc.CHANNELS)
     p.add_argument("--device", help="torch device for the worker (default: cuda if present)")
+    p.add_argument("--lifeline", action="store_true",
+                   help="exit when stdin closes: the launcher (or its ssh session) is gone")
     return p.parse_args(argv)
+
+
+def hold_lifeline() -> None:
+    """The launcher keeps our stdin open while it lives. EOF means it died, or the ssh session
+    carrying us was torn down (a cut link, a killed client): nobody will call shutdown, so go."""
+    def watch():
+        for _ in sys.stdin:
+            pass
+        print("rpc_server: launcher gone (stdin closed), exiting", flush=True)
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main(argv=None) -> int:
@@ -37,6 +51,8 @@ def main(argv=None) -> int:
         return 2
     if args.device:
         os.environ["SGAP_DEVICE"] = args.device
+    if args.lifeline:
+        hold_lifeline()
     print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}) pid {os.getpid()}",
           flush=True)
     from torch.distributed import rpc as torch_rpc

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from harness.errors import UsageError
 from harness.models import ModelSpec, default_device, load_config, max_positions
+from harness.remote import GpuHost, SshTarget
 from harness.rpc import CHANNELS
+from harness.server import REPO
 
 GATE_METRICS = ("bytes", "gpu")
 
@@ -21,9 +23,16 @@ class SuiteOptions:
     rounds: int = 3
     warmup: int = 1
     seed: int = 0
-    gpu_host: str | None = None
+    gpu_host: str | None = None       # ssh target [user@]host[:port]: start the worker there
+    gpu_addr: str | None = None       # the GPU host's link address (RPC); default: resolve gpu_host
+    remote_dir: str | None = None     # the project on the GPU host; default: this checkout's path
+    remote_python: str = "python3"
+    ssh_identity: str | None = None
+    ssh_known_hosts: str | None = None
+    ssh_accept_new: bool = False
     port: int = 29500
     channel: str = "basic"
+    rpc_timeout_s: float = 30.0
     capture: bool = True
     compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions
     link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
@@ -32,6 +41,13 @@ class SuiteOptions:
     @property
     def resolved_device(self) -> str:
         return self.device or default_device()
+
+    def host(self) -> GpuHost | None:
+        if not self.gpu_host:
+            return None
+        ssh = SshTarget.parse(self.gpu_host, identity=self.ssh_identity,
+                              known_hosts=self.ssh_known_hosts, accept_new=self.ssh_accept_new)
+        return GpuHost(ssh=ssh, python=self.remote_python, repo_dir=self.remote_dir or str(REPO))
 
     @property
     def spec(self) -> ModelSpec:
@@ -45,12 +61,15 @@ class SuiteOptions:
             value = getattr(self, name.replace("-", "_"))
             if value < low:
                 raise UsageError(f"--gap-{name} {value} must be >= {low}")
+        if self.rpc_timeout_s <= 0:
+            raise UsageError(f"--gap-rpc-timeout {self.rpc_timeout_s} must be > 0 (seconds)")
         if self.channel not in CHANNELS:
             raise UsageError(f"--gap-channel {self.channel!r}: use one of {', '.join(CHANNELS)}")
         if self.link_nominal_gbps is not None and self.link_nominal_gbps <= 0:
             raise UsageError(f"--gap-link-nominal-gbps {self.link_nominal_gbps} must be > 0")
         if self.link_strict and self.link_nominal_gbps is None:
             raise UsageError("--gap-link-strict needs --gap-link-nominal-gbps N (the link's rated speed)")
+        self.host()  # validates the ssh target
         spec = self.spec  # validates model and dtype
         ctx = max_positions(load_config(spec))
         if self.prompt_len + self.steps + 1 > ctx:

@@ -13,10 +13,11 @@ def versions() -> dict:
             "cuda": torch.version.cuda, "python": platform.python_version()}
 
 
-def nvidia_smi() -> dict | None:
+def nvidia_smi(host) -> dict | None:
+    """The GPU host's card, asked of nvidia-smi there (None: no GPU or no driver)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(host.argv(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                        "--format=csv,noheader"]), capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0 or not out.stdout.strip():
@@ -35,7 +36,7 @@ def link_facts(iface: str) -> dict:
 
 
 def describe_testbed(bed, opts) -> dict:
-    return {"versions": versions(), "gpu": nvidia_smi(), "link": bed.link.label,
+    return {"versions": versions(), "gpu": nvidia_smi(bed.link.host), "link": bed.link.label,
             "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),
             "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
             "model": opts.spec.name, "dtype": opts.spec.dtype,

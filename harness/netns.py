@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.remote import GpuHost
+
 NETNS_PREFIX = "sgap"
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
 
@@ -41,16 +43,20 @@ class Link:
     client_iface: str           # counters and tcpdump on the client side
     gpu_iface: str
     netns: str | None           # the GPU host's namespace, None on loopback
+    host: GpuHost = GpuHost()   # how to run programs on the GPU host
 
     @property
     def gpu_prefix(self) -> list[str]:
-        """Command prefix that runs a program on the GPU host."""
-        return ["ip", "netns", "exec", self.netns] if self.netns else []
+        """Command prefix that runs a long-lived simple command (plain words) on the GPU host."""
+        return self.host.argv([], tty=True)
 
     @property
     def label(self) -> str:
         if self.kind == "veth":
             return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}"
+        if self.kind == "remote":
+            via = f"ssh {self.host.ssh.destination}" if self.host.ssh else "worker started by hand"
+            return f"{self.client_iface} -> {self.gpu_addr} ({via})"
         return "loopback (no root: NOT a real link; bytes include all loopback traffic)"
 
 
@@ -85,7 +91,7 @@ def create(pid: int | None = None, mtu: int = 1500) -> Link:
     except NetnsError:
         destroy_names(ns, vc)
         raise
-    return Link("veth", ca, ga, vc, vg, ns)
+    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns))
 
 
 def loopback() -> Link:

@@ -37,6 +37,17 @@ def _sort_key(info: dict):
     return PHASES.index(info["phase"]), MODES.index(info["mode"])
 
 
+def _gpu_cell(s: dict) -> str:
+    """The plan's dmon SM% average; never a 0 that only means 'no sample' or 'no GPU'."""
+    dmon = s.get("util_dmon_sm_pct", s["gpu_sm_pct"])
+    if dmon and dmon.get("mean") is not None:
+        return _pm(dmon, lambda v: f"{v:.1f}")
+    if s["gpu_sm_pct"]["mean"] is None:
+        return "n/a (no GPU)"
+    nvml = s.get("util_nvml_pct", {}).get("mean")
+    return "n/a (round < dmon's 1 s)" + ("" if nvml is None else f"; NVML {nvml:.1f}")
+
+
 def table_rows(infos) -> list[dict]:
     """One row per cell, in plan order; numeric columns kept beside the display strings."""
     rows = []
@@ -46,7 +57,7 @@ def table_rows(infos) -> list[dict]:
             "Phase": info["phase"], "Mode": info["mode"],
             "Latency (s)": _pm(s["latency_s"], lambda v: f"{v:.4f}"),
             "Network Bytes Transferred": _pm(s["link_bytes"], human_bytes),
-            "Avg. GPU Utilization (%)": _pm(s["gpu_sm_pct"], lambda v: f"{v:.1f}"),
+            "Avg. GPU Utilization (%)": _gpu_cell(s),
             "latency_s_mean": s["latency_s"]["mean"], "latency_s_std": s["latency_s"]["std"],
             "link_bytes_mean": s["link_bytes"]["mean"], "link_bytes_std": s["link_bytes"]["std"],
             "pcap_bytes_mean": s["pcap_bytes"]["mean"],

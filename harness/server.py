@@ -1,5 +1,6 @@
-"""Start and stop the GPU host's `rpc_server.py` as a child process, behind a command prefix
-(`ip netns exec NS` for the embedded default, an ssh command for a real host)."""
+"""Start and stop the GPU host's `rpc_server.py` through a GpuHost (`ip netns exec NS` for the
+embedded default, ssh for a real host). Over ssh the remote server's pid (from its ready line)
+is what teardown signals: ending the local ssh client alone would leave it running."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.remote import GpuHost
 from harness.rpc import RpcConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,23 +23,25 @@ READY = "rpc_server: listening"
 @dataclass
 class ServerProcess:
     cfg: RpcConfig
-    prefix: list[str] = field(default_factory=list)
+    host: GpuHost = field(default_factory=GpuHost)
     device: str | None = None
-    argv_tail: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    remote_pid: int | None = None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-u", str(REPO / "rpc_server.py"), "--host", self.cfg.host,
-                "--port", str(self.cfg.port), "--channel", self.cfg.channel]
+        repo = self.host.repo_dir or str(REPO)
+        argv = [self.host.python or sys.executable, "-u", "rpc_server.py", "--host", self.cfg.host,
+                "--port", str(self.cfg.port), "--channel", self.cfg.channel, "--lifeline"]
         if self.device:
             argv += ["--device", self.device]
-        return self.prefix + argv + self.argv_tail
+        return self.host.argv(argv, cwd=repo if self.host.ssh else None, tty=True)
 
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
         """Launch and wait for its ready line; on early exit raise with its own error line."""
         ready = threading.Event()
-        self.proc = subprocess.Popen(self.argv(), cwd=REPO, stdout=subprocess.PIPE,
+        # stdin is the server's lifeline (--lifeline): open while we live, closed by stop()
+        self.proc = subprocess.Popen(self.argv(), cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()
         deadline = time.monotonic() + timeout_s
@@ -55,6 +59,7 @@ class ServerProcess:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
             if line.startswith(READY):
+                self.remote_pid = int(line.split("pid")[-1])
                 ready.set()
 
     def _failure(self) -> str:
@@ -67,6 +72,10 @@ class ServerProcess:
         if self.proc is None:
             return None
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is signal.SIGTERM and self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()  # cut the lifeline first: the server exits by itself
+            if sig is not None and self.host.ssh and self.remote_pid:
+                self.host.kill(self.remote_pid, sig.name.removeprefix("SIG"))
             if sig is not None and self.proc.poll() is None:
                 os.killpg(self.proc.pid, sig)
             try:

@@ -11,7 +11,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+import socket
+
 from harness import netns, rpc
+from harness.errors import UsageError
+from harness.remote import GpuHost
 from harness.link import stats as link_stats
 from harness.models import ModelSpec
 from harness.server import ServerProcess
@@ -43,9 +47,17 @@ class Testbed:
         return s["tx_bytes"], s["rx_bytes"]
 
 
-def remote_link(gpu_host_ip: str) -> netns.Link:
-    iface = rpc.iface_toward(gpu_host_ip)
-    return netns.Link("remote", "", gpu_host_ip, iface, "", None)
+def remote_link(gpu_addr: str, host: GpuHost = GpuHost()) -> netns.Link:
+    """A real link: tcpdump and counters on the client's interface toward the GPU host."""
+    iface, src = rpc.route_to(gpu_addr)
+    return netns.Link("remote", src, gpu_addr, iface, "", None, host)
+
+
+def resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError as e:
+        raise UsageError(f"cannot resolve GPU host {host!r} ({e}): pass --gap-gpu-addr") from None
 
 
 def embedded_link() -> netns.Link:
@@ -57,19 +69,25 @@ def embedded_link() -> netns.Link:
 
 
 @contextlib.contextmanager
-def testbed(gpu_host_ip: str | None = None, port: int = 29500,
-            channel: str = "basic", device: str | None = None, server_prefix=None):
-    """Yields a Testbed. server_prefix (e.g. an ssh command) starts the worker elsewhere."""
+def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = "basic",
+            device: str | None = None, host: GpuHost | None = None, rpc_timeout_s: float = 30.0):
+    """Yields a Testbed.
+    - nothing given: the embedded default (namespace + veth, worker started inside);
+    - gpu_addr alone: a worker someone started there (rpc_server.py), reached directly;
+    - host with ssh: the worker started over ssh, RPC to gpu_addr (default: the ssh host)."""
     from torch.distributed import rpc as torch_rpc
 
     link = server = None
     rpc_up = False
     try:
-        link = remote_link(gpu_host_ip) if gpu_host_ip else embedded_link()
-        cfg = rpc.RpcConfig(link.gpu_addr, port, channel)
-        if gpu_host_ip is None or server_prefix is not None:
-            prefix = link.gpu_prefix if server_prefix is None else server_prefix
-            server = ServerProcess(cfg, prefix=prefix, device=device).start()
+        if host and host.ssh:
+            host.check()
+            link = remote_link(gpu_addr or resolve(host.ssh.host), host)
+        else:
+            link = remote_link(gpu_addr) if gpu_addr else embedded_link()
+        cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)
+        if link.kind != "remote" or link.host.ssh:
+            server = ServerProcess(cfg, host=link.host, device=device).start()
         else:
             rpc.check_reachable(cfg.host, cfg.port, cfg.connect_timeout_s)
         rpc.init(cfg, rpc.CLIENT_NAME, rank=1, iface=link.client_iface)

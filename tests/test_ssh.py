@@ -1,0 +1,191 @@
+"""The suite driving a GPU host over real SSH: an OpenSSH server with a throwaway key runs
+inside the emulated GPU host's namespace; the suite reaches it only through ssh and the link.
+Then the faults: each must give a clear message within a bounded time, keep what finished, and
+leave no stray process on either side."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import netns
+from harness.sshd import SshServer, keygen
+
+REPO = Path(__file__).resolve().parent.parent
+FAULT_BOUND_S = 30
+
+pytestmark = pytest.mark.skipif(not netns.can_make_namespaces() or not Path("/usr/sbin/sshd").exists(),
+                                reason="needs root, `ip netns` and openssh-server (./setup.sh)")
+
+
+@pytest.fixture
+def gpu_host():
+    link = netns.create(pid=_free_pid_tag())
+    try:
+        with SshServer(link) as sshd:
+            yield link, sshd
+    finally:
+        netns.destroy(link)
+
+
+def _free_pid_tag() -> int:
+    """A namespace tag no live process owns (clean_stale would take ours for a leftover)."""
+    return os.getpid() * 10 % 4_000_000 + 7
+
+
+def suite(sshd, *args, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-p", "no:xdist",
+           "--gap-model", "tiny", "--gap-steps", "3", "--gap-rounds", "1", "--gap-warmup", "0",
+           "--gap-prompt-len", "16", "--gap-gpu-host", sshd.target,
+           "--gap-ssh-identity", str(sshd.client_key), "--gap-ssh-known-hosts", str(sshd.known_hosts),
+           "--gap-ssh-accept-new", "--gap-remote-python", sys.executable, "--gap-remote-dir", str(REPO),
+           *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def gpu_side_processes(link) -> list[str]:
+    """What runs in the GPU host's namespace besides sshd itself."""
+    pids = subprocess.run(["ip", "netns", "pids", link.netns], capture_output=True, text=True).stdout.split()
+    cmds = []
+    for pid in pids:
+        cmd = _cmdline(pid)
+        if cmd and "sshd" not in cmd:
+            cmds.append(cmd)
+    return cmds
+
+
+def _cmdline(pid) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="ignore").replace("\0", " ").strip()
+    except OSError:
+        return ""  # gone meanwhile
+
+
+def assert_nothing_left(link, deadline_s=10):
+    end = time.monotonic() + deadline_s
+    while gpu_side_processes(link) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not gpu_side_processes(link), gpu_side_processes(link)
+    client = subprocess.run(["pgrep", "-af", f"tcpdump -i {link.client_iface}"], capture_output=True, text=True)
+    assert not client.stdout.strip(), client.stdout
+
+
+def test_whole_suite_through_ssh(gpu_host, tmp_path):
+    link, sshd = gpu_host
+    out_json = tmp_path / "ssh.json"
+    rc, out = finish(suite(sshd, f"--benchmark-json={out_json}"))
+    assert rc == 0, out[-4000:]
+    data = json.loads(out_json.read_text())
+    cells = [b for b in data["benchmarks"] if "summary" in b["extra_info"]]
+    assert len(cells) == 6
+    assert "ssh root@" in data["machine_info"]["semantic_gap"]["link"]
+    naive = next(b for b in cells if b["name"] == "test_cell[decode-naive]")["extra_info"]["summary"]
+    assert naive["link_bytes"]["mean"] > 1_000_000, "the worker's bytes crossed the veth"
+    assert_nothing_left(link)
+
+
+@pytest.mark.parametrize("fault", ["wrong key", "refused", "project missing"])
+def test_session_faults_fail_fast_with_one_clear_line(gpu_host, fault, tmp_path):
+    link, sshd = gpu_host
+    args, needle = {
+        "wrong key": (["--gap-ssh-identity", str(keygen(tmp_path / "stranger"))], "Permission denied"),
+        "refused": (["--gap-gpu-host", f"root@{link.gpu_addr}:2299"], "Connection refused"),
+        "project missing": (["--gap-remote-dir", "/nonexistent/project"], "the project is not at"),
+    }[fault]
+    t0 = time.monotonic()
+    rc, out = finish(suite(sshd, "-k", "prefill-local", *args), timeout=120)
+    elapsed = time.monotonic() - t0
+    assert rc != 0 and needle in out, out[-3000:]
+    assert elapsed < FAULT_BOUND_S + 15, elapsed  # pytest and torch start-up on top of the fault
+    assert_nothing_left(link)
+
+
+def test_rpc_port_taken(gpu_host):
+    link, sshd = gpu_host
+    holder = subprocess.Popen(link.host.argv([sys.executable, "-c",
+        f"import socket,time; s=socket.socket(); s.bind(('{link.gpu_addr}', 29611)); s.listen(); time.sleep(120)"]))
+    try:
+        time.sleep(1.0)
+        rc, out = finish(suite(sshd, "-k", "prefill-naive", "--gap-port", "29611"), timeout=120)
+        assert rc != 0 and "port 29611" in out and "in use" in out, out[-3000:]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_nothing_left(link)
+
+
+def test_tcpdump_missing(gpu_host, tmp_path):
+    """PATH without tcpdump: the measured cells fail saying so; the local cells still pass."""
+    link, sshd = gpu_host
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin"):
+        for f in Path(d).glob("*"):
+            if f.name != "tcpdump" and not (bindir / f.name).exists():
+                (bindir / f.name).symlink_to(f)
+    env = dict(os.environ, PATH=str(bindir))
+    rc, out = finish(suite(sshd, "-k", "prefill", env=env), timeout=180)
+    assert rc == 1, out[-3000:]
+    assert "tcpdump not found" in out and "3 failed" in out, out[-3000:]
+    assert_nothing_left(link)
+
+
+@pytest.mark.parametrize("fault", ["worker killed", "link cut"])
+def test_mid_decode_faults(gpu_host, fault, tmp_path):
+    """A fault in the middle of decode-naive: that cell fails within the bound, the session
+    goes on to the next cells, and the finished cells' results are in the JSON."""
+    link, sshd = gpu_host
+    out_json = tmp_path / "faults.json"
+    proc = suite(sshd, "-v", "-k", "prefill-local or decode-naive or decode-sys", "--gap-steps", "400",
+                 "--gap-prompt-len", "32", "--gap-rpc-timeout", "10", f"--benchmark-json={out_json}")
+    chunks, started = [], threading.Event()
+
+    def read():  # raw reads: pytest -v names a test before it runs, with no newline yet
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            chunks.append(chunk.decode(errors="replace"))
+            if "test_cell[decode-naive]" in "".join(chunks[-2:]):
+                started.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(120), "decode-naive never started: " + "".join(chunks)[-2000:]
+    time.sleep(1.5)  # some steps in
+    t_fault = _inject(link, fault)
+    try:
+        proc.wait(timeout=240)
+        elapsed = time.monotonic() - t_fault
+    finally:
+        if fault == "link cut":
+            subprocess.run(["ip", "link", "set", link.client_iface, "up"])
+    reader.join(5)
+    out = "".join(chunks)
+    assert proc.returncode == 1, out[-3000:]
+    assert "test_cell[decode-naive] FAILED" in out, out[-3000:]
+    cells = {b["name"] for b in json.loads(out_json.read_text())["benchmarks"]}
+    assert "test_cell[prefill-local]" in cells, "a finished cell's result was lost"
+    print(f"{fault}: session ended {elapsed:.1f} s after the fault")
+    assert elapsed < 3 * FAULT_BOUND_S, "the three cells after the fault must each fail in the bound"
+    assert_nothing_left(link, deadline_s=20)
+
+
+def _inject(link, fault) -> float:
+    if fault == "worker killed":
+        servers = [p for p in subprocess.run(["ip", "netns", "pids", link.netns], capture_output=True,
+                                             text=True).stdout.split() if "rpc_server" in _cmdline(p)]
+        assert servers, "no worker to kill"
+        os.kill(int(servers[0]), signal.SIGKILL)
+    else:
+        subprocess.run(["ip", "link", "set", link.client_iface, "down"], check=True)
+    return time.monotonic()
