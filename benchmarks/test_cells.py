@@ -21,6 +21,8 @@ def test_cell(benchmark, make_cell, gap_results, request, phase, mode):
     benchmark.group = phase
     benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
                        rounds=opts.rounds, warmup_rounds=opts.warmup)
+    assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
+                           "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
     info = cell.extra_info() | {"weight_load": cell.weight_load, "model": opts.spec.name,
                                 "dtype": opts.spec.dtype, "link": cell.probe.link.label}
     benchmark.extra_info.update(info)

@@ -1,10 +1,10 @@
 """Two hosts on one machine: the GPU host in its own network namespace, joined to the client
 (the root namespace) by a veth pair, so remote-mode bytes cross a real interface as TCP.
 
-Names carry the creating process id (`sgap<pid>`, veths `sgc<pid>`/`sgg<pid>`) so that
-concurrent sessions don't collide and a later start can tell leftovers of a killed run (their
-pid is gone) from a live session's. Each pair gets its own /30 inside 10.213.0.0/16, derived
-from the pid; traffic goes only there.
+Names carry the creating process id (`sgap<pid>`, veths `sgc<pid>`/`sgg<pid>`, with `-<slot>`
+for a process's further links) so that concurrent sessions don't collide and a later start can
+tell leftovers of a killed run (their pid is gone) from a live session's. Each pair gets its own
+/30 inside 10.213.0.0/16, derived from pid and slot; traffic goes only there.
 """
 from __future__ import annotations
 
@@ -65,20 +65,22 @@ def can_make_namespaces() -> bool:
                                                 capture_output=True).returncode == 0
 
 
-def _names(pid: int) -> tuple[str, str, str]:
-    return f"{NETNS_PREFIX}{pid}", f"sgc{pid}", f"sgg{pid}"
+def _names(pid: int, slot: int) -> tuple[str, str, str]:
+    tag = f"{pid}" if slot == 0 else f"{pid}-{slot}"
+    return f"{NETNS_PREFIX}{tag}", f"sgc{tag}", f"sgg{tag}"
 
 
-def _addresses(pid: int) -> tuple[str, str]:
-    base = SUBNET.network_address + (pid % (SUBNET.num_addresses // 4)) * 4
+def _addresses(pid: int, slot: int) -> tuple[str, str]:
+    base = SUBNET.network_address + ((pid * 8 + slot) % (SUBNET.num_addresses // 4)) * 4
     return str(base + 1), str(base + 2)
 
 
-def create(pid: int | None = None, mtu: int = 1500) -> Link:
-    """Create the namespace and veth pair; remove anything half-made if a step fails."""
+def create(pid: int | None = None, slot: int = 0, mtu: int = 1500) -> Link:
+    """Create the namespace and veth pair; remove anything half-made if a step fails.
+    slot > 0 gives the same process another link (a test's own GPU host, say)."""
     pid = pid or os.getpid()
-    ns, vc, vg = _names(pid)
-    ca, ga = _addresses(pid)
+    ns, vc, vg = _names(pid, slot)
+    ca, ga = _addresses(pid, slot)
     try:
         _ip("netns", "add", ns)
         _ip("link", "add", vc, "mtu", str(mtu), "type", "veth", "peer", "name", vg, "mtu", str(mtu))
@@ -129,13 +131,12 @@ def clean_stale() -> list[str]:
     """Remove namespaces and veths left by killed runs (their creating pid no longer exists)."""
     removed = []
     listing = _ip("netns", "list", check=False).stdout
-    for m in re.finditer(rf"^{NETNS_PREFIX}(\d+)\b", listing, re.M):
-        pid = int(m.group(1))
-        if not Path(f"/proc/{pid}").exists():
-            destroy_names(f"{NETNS_PREFIX}{pid}", f"sgc{pid}")
+    for m in re.finditer(rf"^{NETNS_PREFIX}((\d+)(?:-\d+)?)\b", listing, re.M):
+        if not Path(f"/proc/{m.group(2)}").exists():
+            destroy_names(f"{NETNS_PREFIX}{m.group(1)}", f"sgc{m.group(1)}")
             removed.append(m.group(0))
     links = _ip("-o", "link", "show", check=False).stdout
-    for m in re.finditer(r"^\d+: (sgc(\d+))@", links, re.M):
+    for m in re.finditer(r"^\d+: (sgc(\d+)(?:-\d+)?)@", links, re.M):
         if not Path(f"/proc/{m.group(2)}").exists():
             _ip("link", "del", m.group(1), check=False)
             removed.append(m.group(1))

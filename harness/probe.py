@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class ProbeReading:
     @property
     def link_bytes(self) -> int:
         return self.link_tx_bytes + self.link_rx_bytes
+
+
+# Linux delays an ACK by up to 40 ms: let the sampler call's last ACK pass before counting.
+CONTROL_SETTLE_S = 0.05
 
 
 def gpu_present(link: Link) -> bool:
@@ -68,6 +73,7 @@ class RoundProbe:
         self._pre = stats(self.link.client_iface)
         if self.sampler:
             self.sampler.start()
+            time.sleep(CONTROL_SETTLE_S)
         self._c0 = stats(self.link.client_iface)  # last: nothing above is counted
 
     def stop(self) -> ProbeReading:

@@ -27,17 +27,12 @@ pytestmark = pytest.mark.skipif(not netns.can_make_namespaces() or not Path("/us
 
 @pytest.fixture
 def gpu_host():
-    link = netns.create(pid=_free_pid_tag())
+    link = netns.create(slot=1)  # this process's second link: the session testbed may hold slot 0
     try:
         with SshServer(link) as sshd:
             yield link, sshd
     finally:
         netns.destroy(link)
-
-
-def _free_pid_tag() -> int:
-    """A namespace tag no live process owns (clean_stale would take ours for a leftover)."""
-    return os.getpid() * 10 % 4_000_000 + 7
 
 
 def suite(sshd, *args, env=None, timeout=300):
@@ -47,8 +42,9 @@ def suite(sshd, *args, env=None, timeout=300):
            "--gap-ssh-identity", str(sshd.client_key), "--gap-ssh-known-hosts", str(sshd.known_hosts),
            "--gap-ssh-accept-new", "--gap-remote-python", sys.executable, "--gap-remote-dir", str(REPO),
            *args]
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith("PYTEST_XDIST")}
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            env=env)  # without xdist's variables: pytest-benchmark would disable itself
 
 
 def finish(proc, timeout=300):
