@@ -22,7 +22,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", required=True, help="this host's address on the link")
     p.add_argument("--port", type=int, default=29500)
-    p.add_argument("--channel", default="basic", choices=rpc.CHANNELS)
+    p.add_argument("--channel", default=rpc.DEFAULT_CHANNEL, choices=rpc.CHANNELS)
     p.add_argument("--device", help="torch device for the worker (default: cuda if present)")
     p.add_argument("--lifeline", action="store_true",
                    help="exit when stdin closes: the launcher (or its ssh session) is gone")

@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     from harness.engine import PHASES
     from harness.modes import MODES
-    from harness.rpc import CHANNELS
+    from harness.rpc import CHANNELS, DEFAULT_CHANNEL
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--phase", required=True, choices=PHASES)
@@ -38,7 +38,7 @@ def parse_args(argv):
     p.add_argument("--dtype", default="auto", help="fp32 | fp16 | bf16 | auto (fp16 on CUDA)")
     p.add_argument("--device", help="where the model runs (default: cuda if present, else cpu)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--channel", default="basic", choices=CHANNELS)
+    p.add_argument("--channel", default=DEFAULT_CHANNEL, choices=CHANNELS)
     return p.parse_args(argv)
 
 

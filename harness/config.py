@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from harness.errors import UsageError
 from harness.models import ModelSpec, default_device, load_config, max_positions
 from harness.remote import GpuHost, SshTarget
-from harness.rpc import CHANNELS
+from harness.rpc import CHANNELS, DEFAULT_CHANNEL
 from harness.server import REPO
 
 GATE_METRICS = ("bytes", "gpu")
@@ -31,7 +31,7 @@ class SuiteOptions:
     ssh_known_hosts: str | None = None
     ssh_accept_new: bool = False
     port: int = 29500
-    channel: str = "basic"
+    channel: str = DEFAULT_CHANNEL
     rpc_timeout_s: float = 30.0
     capture: bool = True
     compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,12 @@ def iperf3(link: Link, streams: int = 1, seconds: float = 3.0, port: int = 5201)
     the GPU host for one test each (-1), bound to the link address only, killed by pid after."""
     on_gpu = link.host.argv
     ports = [port + i for i in range(streams)]
-    servers = [subprocess.Popen(on_gpu(["iperf3", "-s", "-1", "-B", link.gpu_addr, "-p", str(p)]),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+    servers = [subprocess.Popen(on_gpu(["iperf3", "-s", "-1", "--forceflush", "-B", link.gpu_addr, "-p", str(p)]),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for p in ports]
     try:
-        for p in ports:
-            _wait_listening(on_gpu, p)
+        for server, p in zip(servers, ports):
+            _wait_listening(server, p)
         clients = [_start_client(link.gpu_addr, p, seconds) for p in ports]
         gbps = sum(_finish_client(c, link.gpu_addr, p, seconds) for c, p in zip(clients, ports))
     finally:
@@ -47,15 +49,17 @@ def iperf3(link: Link, streams: int = 1, seconds: float = 3.0, port: int = 5201)
     return Iperf(streams, gbps, seconds)
 
 
-def _wait_listening(on_gpu, port: int, timeout_s: float = 10.0) -> None:
-    """Ask the GPU host's socket table (a probing connect would use up the one-off server)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        out = subprocess.run(on_gpu(["ss", "-Hltn", f"sport = :{port}"]), capture_output=True, text=True)
-        if out.stdout.strip():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"iperf3 server on port {port} did not start: is iperf3 installed on the GPU host?")
+def _wait_listening(server: subprocess.Popen, port: int, timeout_s: float = 10.0) -> None:
+    """Until the server says it listens (a probing connect would use up the one-off server)."""
+    heard = threading.Event()
+
+    def read():
+        for line in server.stdout:
+            if "listening" in line.lower():
+                heard.set()
+    threading.Thread(target=read, daemon=True).start()
+    if not heard.wait(timeout_s):
+        raise RuntimeError(f"iperf3 server on port {port} did not start: is iperf3 installed on the GPU host?")
 
 
 def _start_client(addr: str, port: int, seconds: float) -> subprocess.Popen:

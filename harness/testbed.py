@@ -69,7 +69,7 @@ def embedded_link() -> netns.Link:
 
 
 @contextlib.contextmanager
-def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = "basic",
+def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.DEFAULT_CHANNEL,
             device: str | None = None, host: GpuHost | None = None, rpc_timeout_s: float = 30.0):
     """Yields a Testbed.
     - nothing given: the embedded default (namespace + veth, worker started inside);

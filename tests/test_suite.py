@@ -51,7 +51,7 @@ def test_six_cells_with_rounds_bytes_and_utilization(smoke):
                     "gpu_sm_pct", "ttft_s", "tokens"} <= r.keys()
     assert "Avg. GPU Utilization (%)" in proc.stdout, "the suite prints the plan's table at the end"
     info = data["machine_info"]["semantic_gap"]
-    assert info["rpc"] == {"transports": ["uv"], "channels": ["basic"]}
+    assert info["rpc"] == {"transports": ["uv"], "channels": ["mpt_uv"]}
     assert info["versions"]["torch"]
 
 
