@@ -33,11 +33,6 @@ def tensor_bytes(obj) -> int:
     return sum(storages.values())
 
 
-def tensor_bytes_as_listed(obj) -> int:
-    """Sum of every listed tensor's nbytes, shared storage counted again: the naive reading."""
-    return sum(t.nbytes for t in _tensors(obj))
-
-
 def cache_to_kv(cache) -> KV:
     """A transformers Cache -> plain per-layer (keys, values) tensors, which pickle cleanly."""
     return [(layer.keys, layer.values) for layer in cache.layers]
@@ -46,10 +41,6 @@ def cache_to_kv(cache) -> KV:
 def kv_to_cache(kv: KV):
     from transformers import DynamicCache
     return DynamicCache(ddp_cache_data=kv)
-
-
-def kv_seq_len(kv: KV) -> int:
-    return int(kv[0][0].shape[-2]) if kv else 0
 
 
 def kv_to(kv: KV, device) -> KV:

@@ -102,7 +102,3 @@ def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
     pin_interface(iface)
     rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=backend_options(cfg))
 
-
-def used_transports(cfg: RpcConfig) -> dict:
-    return {"transports": ["uv"], "channels": [cfg.channel]}
-

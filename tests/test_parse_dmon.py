@@ -153,3 +153,15 @@ def test_monitor_stops_when_command_missing(tmp_path):
     with pytest.raises(OSError):
         mon.start()
     assert mon.stop() == ""  # nothing left running, stop stays safe to call
+
+
+def test_real_h100_log_with_repeated_headers():
+    """A whole suite run on the H100: dmon repeated its two header lines mid-log."""
+    text = (DATA / "dmon-h100-repeated-headers.log").read_text()
+    headers = sum(1 for line in text.splitlines() if line.startswith("# gpu"))
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    rows = [r for r in rows if len(r) == 7]
+    series = parse_dmon(text, gpu=0, column="sm")
+    assert headers > 1
+    assert series.n == len(rows)
+    assert series.mean == pytest.approx(sum(float(r[1]) for r in rows) / len(rows))
