@@ -18,6 +18,7 @@ import torch
 
 from harness.models import forward_step
 from harness.payload import tensor_bytes
+from harness.rpc import explain
 from harness.timing import Clock
 
 MODES = ("local", "naive", "sys_simulated")
@@ -82,7 +83,7 @@ class NaiveBackend:
     def _call(self, ids):
         sent = (self.state_dict, ids, self.kv)
         t0 = time.perf_counter()
-        reply = self.worker.rpc_sync().run_stateless_forward_remote(*sent)
+        reply = call(self.worker, "run_stateless_forward_remote", *sent)
         rpc_s = time.perf_counter() - t0
         self.kv = reply.kv_cache
         self.tally.add(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)),
@@ -116,7 +117,7 @@ class SysBackend:
         self.tally = Tally()
         self.cache_id = None
         t0 = time.perf_counter()
-        reply = self.worker.rpc_sync().load_weights_remote(state_dict)
+        reply = call(self.worker, "load_weights_remote", state_dict)
         self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(state_dict), reply.server_s)
 
     def prefill(self, ids):
@@ -129,7 +130,7 @@ class SysBackend:
 
     def _call(self, method, ids, *rest):
         t0 = time.perf_counter()
-        reply = getattr(self.worker.rpc_sync(), method)(ids, *rest)
+        reply = call(self.worker, method, ids, *rest)
         self.tally.add(tensor_bytes(ids), tensor_bytes(reply.logits), reply.server_s,
                        time.perf_counter() - t0)
         return reply
@@ -138,6 +139,14 @@ class SysBackend:
         if self.cache_id is not None:
             self.worker.rpc_sync().release_cache_remote(self.cache_id)
             self.cache_id = None
+
+
+def call(worker, method: str, *args):
+    """worker.method(*args) over RPC, with torch RPC's failures reworded (harness.rpc.explain)."""
+    try:
+        return getattr(worker.rpc_sync(), method)(*args)
+    except RuntimeError as e:
+        raise explain(e) from e
 
 
 def greedy(logits: torch.Tensor) -> int:
