@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 need=()
-for pkg_cmd in tcpdump:tcpdump iproute2:ip iperf3:iperf3 openssh-server:sshd openssh-client:ssh; do
+for pkg_cmd in tcpdump:tcpdump iproute2:ip iperf3:iperf3 openssh-server:sshd openssh-client:ssh procps:pgrep; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pkg_cmd#*:}" ] || need+=("${pkg_cmd%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -75,15 +75,19 @@ def route_to(addr: str) -> tuple[str, str]:
 
 
 def check_port_free(addr: str, port: int) -> None:
-    with socket.socket() as s:
-        try:
-            s.bind((addr, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise UsageError(f"port {port} on {addr} is already in use: pass another --port "
-                                 "or stop what holds it") from None
-            raise UsageError(f"cannot bind {addr}:{port} ({e.strerror}): pass this host's own "
-                             "link address") from None
+    """The port must be free on addr and on the wildcard address: torch's rendezvous store binds
+    it on all interfaces, and if that bind fails after we said we were ready, the client waits
+    for a store that never comes (seen once under load, as a 120 s hang)."""
+    for host in dict.fromkeys((addr, "0.0.0.0")):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise UsageError(f"port {port} on {addr} is already in use: pass another --port "
+                                     "or stop what holds it") from None
+                raise UsageError(f"cannot bind {host}:{port} ({e.strerror}): pass this host's own "
+                                 "link address") from None
 
 
 def check_reachable(addr: str, port: int, timeout_s: float) -> None:

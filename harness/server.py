@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +55,23 @@ class ServerProcess:
             self.stop(timeout_s=1.0)             # has no handle on it yet, so stop it here
             raise
         return self
+
+    def wait_for_store(self, timeout_s: float = 60.0) -> None:
+        """Until the worker's rendezvous store accepts connections. torch's client side waits up
+        to 30 minutes for a store that may never come (a worker that died after its ready line):
+        fail here instead, in bounded time, with the worker's own last words."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise UsageError(self._failure())
+            try:
+                socket.create_connection((self.cfg.host, self.cfg.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop(timeout_s=2.0)
+        raise UsageError(f"the GPU worker's rendezvous port {self.cfg.host}:{self.cfg.port} did not "
+                         f"open in {timeout_s:.0f} s: {self._failure()}")
 
     def _read(self, ready: threading.Event) -> None:
         for line in self.proc.stdout:

@@ -88,6 +88,7 @@ def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.D
         cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)
         if link.kind != "remote" or link.host.ssh:
             server = ServerProcess(cfg, host=link.host, device=device).start()
+            server.wait_for_store()
         else:
             rpc.check_reachable(cfg.host, cfg.port, cfg.connect_timeout_s)
         rpc.init(cfg, rpc.CLIENT_NAME, rank=1, iface=link.client_iface)
