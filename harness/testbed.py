@@ -1,7 +1,8 @@
 """The two hosts and the remote worker, brought up together and torn down together.
 
 Embedded default: a namespace + veth (or, without root, loopback, labelled as such) and
-rpc_server.py started inside it. With gpu_host_ip: the worker must already be running there.
+rpc_server.py started inside it. With a GPU address alone: the worker must already run there.
+With an ssh host: the worker is started there over ssh.
 Teardown runs on every exit path, Ctrl-C and SIGTERM included (scripts turn SIGTERM into
 SystemExit), and stops what it started by pid.
 """
@@ -9,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
-
 import socket
+from dataclasses import dataclass, field
 
 from harness import netns, rpc
 from harness.errors import UsageError
-from harness.remote import GpuHost
 from harness.link import stats as link_stats
 from harness.models import ModelSpec
+from harness.remote import GpuHost
 from harness.server import ServerProcess
 
 log = logging.getLogger(__name__)
