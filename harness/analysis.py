@@ -16,8 +16,7 @@ class CellContext:
     payload: wire.Payload            # analytic, one round
     per_message_bytes: float         # RPC framing per round trip, measured on no-ops
     iperf_gbps: float | None         # the link's goodput, same session
-    weights_bytes: int = 0           # tied tensors once: what torch RPC ships
-    weights_listed_bytes: int = 0    # every state_dict entry: what a naive count says
+    shape: wire.Shape                # weights tied-once and as listed, KV and logits sizes
 
 
 def analyse_round(r: dict, ctx: CellContext) -> dict:
@@ -26,7 +25,8 @@ def analyse_round(r: dict, ctx: CellContext) -> dict:
     c = wire.closure(ctx.payload, link_bytes, r["link_packets"], ctx.per_message_bytes)
     return {
         "analytic_tx_bytes": ctx.payload.tx_bytes, "analytic_rx_bytes": ctx.payload.rx_bytes,
-        "weights_bytes_tied_once": ctx.weights_bytes, "weights_bytes_as_listed": ctx.weights_listed_bytes,
+        "weights_bytes_tied_once": ctx.shape.weights_bytes,
+        "weights_bytes_as_listed": ctx.shape.weights_listed_bytes,
         "analytic_equals_tensors": (ctx.payload.tx_bytes, ctx.payload.rx_bytes)
                                    == (r["payload_tx_bytes"], r["payload_rx_bytes"]),
         "closure_predicted_bytes": c.predicted_bytes, "closure_error": c.error,

@@ -9,7 +9,6 @@ position.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -130,13 +129,12 @@ class DmonMonitor:
     _log: Optional[IO[bytes]] = field(default=None, init=False, repr=False)
 
     @staticmethod
-    def available() -> bool:
-        """True iff nvidia-smi is on PATH and can list GPUs (a driver is loaded)."""
-        if shutil.which("nvidia-smi") is None:
-            return False
+    def available(prefix: list[str] = ()) -> bool:
+        """True iff nvidia-smi lists GPUs where it would run (prefix: the GPU host's command
+        prefix, e.g. `ip netns exec NS` or ssh; empty: this machine)."""
         try:
-            r = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=10)
+            r = subprocess.run([*prefix, "nvidia-smi", "-L"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return r.returncode == 0

@@ -4,7 +4,6 @@ stopped after it (pytest-benchmark's pedantic setup/teardown), so their start-up
 """
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,15 +41,6 @@ class ProbeReading:
 CONTROL_SETTLE_S = 0.05
 
 
-def gpu_present(link: Link) -> bool:
-    """nvidia-smi answers on the GPU host (which may not be this machine)."""
-    try:
-        return subprocess.run(link.host.argv(["nvidia-smi", "-L"]), capture_output=True,
-                              timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 class RoundProbe:
     def __init__(self, link: Link, capture: bool = True, dmon: bool = True,
                  workdir: Path | None = None, sampler=None):
@@ -58,7 +48,7 @@ class RoundProbe:
         self.link = link
         self.sampler = sampler
         self.capture_on = capture
-        self.dmon_on = dmon and gpu_present(link)
+        self.dmon_on = dmon and DmonMonitor.available(link.gpu_prefix)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sgap-probe-"))
         self._cap = self._dmon = self._c0 = self._pre = None
 
