@@ -18,14 +18,14 @@ device->host), synchronised on CUDA, so the client can tell wire time from serve
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
 
-from harness.models import ModelSpec, build_model, default_device, forward_step
 from harness.gpu import make_sampler
+from harness.models import ModelSpec, build_model, default_device, forward_step
 from harness.payload import cache_to_kv, kv_to, kv_to_cache
 from harness.timing import Clock
 
@@ -68,13 +68,10 @@ class RemoteWorker:
         self.model.load_state_dict(state_dict)  # copies host tensors into device params
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
-        ids = input_ids.to(self.device)
         cache = kv_to_cache(kv_to(kv_cache, self.device)) if kv_cache else self._new_cache()
         clock.lap("h2d_s")
-        logits = forward_step(self.model, ids, cache)
-        clock.lap("compute_s")
+        logits = self._step(input_ids, cache, clock)
         reply_kv = [(k.cpu(), v.cpu()) for k, v in cache_to_kv(cache)]
-        logits = logits.cpu()
         clock.lap("d2h_s")
         return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
 
@@ -95,15 +92,17 @@ class RemoteWorker:
                                "release_cache_remote(kv_cache_id) when a session ends")
         kv_cache_id = uuid.uuid4().hex
         cache = self._new_cache()
-        logits, split = self._step(token_ids, cache)
+        clock = Clock(self.device)
+        logits = self._step(token_ids, cache, clock)
         self.caches[kv_cache_id] = cache
-        return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
+        return Reply(logits, kv_cache_id=kv_cache_id, server_s=clock.split)
 
     @_compute_thread
     def run_decode_step_remote(self, token_id, kv_cache_id: str) -> Reply:
         self._require_weights()
-        logits, split = self._step(token_id, self._cache(kv_cache_id))
-        return Reply(logits, kv_cache_id=kv_cache_id, server_s=split)
+        clock = Clock(self.device)
+        logits = self._step(token_id, self._cache(kv_cache_id), clock)
+        return Reply(logits, kv_cache_id=kv_cache_id, server_s=clock.split)
 
     @_compute_thread
     def release_cache_remote(self, kv_cache_id: str) -> None:
@@ -138,15 +137,15 @@ class RemoteWorker:
                 "device": str(self.device),
                 "gpu_name": torch.cuda.get_device_name(self.device) if cuda else None}
 
-    def _step(self, ids, cache):
-        clock = Clock(self.device)
+    def _step(self, ids, cache, clock: Clock) -> torch.Tensor:
+        """One forward extending cache; charges h2d/compute/d2h to clock; logits on the CPU."""
         ids = ids.to(self.device)
         clock.lap("h2d_s")
         logits = forward_step(self.model, ids, cache)
         clock.lap("compute_s")
         logits = logits.cpu()
         clock.lap("d2h_s")
-        return logits, clock.split
+        return logits
 
     def _new_cache(self):
         from transformers import DynamicCache
