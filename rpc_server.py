@@ -13,6 +13,7 @@ import sys
 import threading
 
 from harness import rpc
+from harness.alloc import keep_freed_memory
 from harness.errors import UsageError
 from harness.server import READY
 from harness.worker import RemoteWorker  # noqa: F401  (the class the client instantiates here)
@@ -24,6 +25,9 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=29500)
     p.add_argument("--channel", default=rpc.DEFAULT_CHANNEL, choices=rpc.CHANNELS)
     p.add_argument("--device", help="torch device for the worker (default: cuda if present)")
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                   help="keep: freed host memory stays in the process, so each call's receive buffers "
+                        "reuse pages instead of faulting fresh ones (harness/alloc.py); system: glibc's default")
     p.add_argument("--lifeline", action="store_true",
                    help="exit when stdin closes: the launcher (or its ssh session) is gone")
     return p.parse_args(argv)
@@ -51,10 +55,11 @@ def main(argv=None) -> int:
         return 2
     if args.device:
         os.environ["SGAP_DEVICE"] = args.device
+    kept = args.malloc == "keep" and keep_freed_memory()
     if args.lifeline:
         hold_lifeline()
-    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}) pid {os.getpid()}",
-          flush=True)
+    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}, malloc "
+          f"{'keep' if kept else 'system'}) pid {os.getpid()}", flush=True)
     from torch.distributed import rpc as torch_rpc
     rpc.init(cfg, rpc.WORKER_NAME, rank=0, iface=iface)
     torch_rpc.shutdown()  # serves until the client, too, calls shutdown

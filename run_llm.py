@@ -39,6 +39,8 @@ def parse_args(argv):
     p.add_argument("--device", help="where the model runs (default: cuda if present, else cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channel", default=DEFAULT_CHANNEL, choices=CHANNELS)
+    p.add_argument("--link-gbps", type=float, help="emulated link only: its line rate each way "
+                   "(tc tbf) [unshaped]")
     return p.parse_args(argv)
 
 
@@ -52,6 +54,9 @@ def build_request(args):
         raise UsageError(f"--prompt-len {args.prompt_len} must be > 0")
     if args.decode_steps <= 0:
         raise UsageError(f"--decode-steps {args.decode_steps} must be > 0")
+    if args.link_gbps is not None and (args.link_gbps <= 0 or args.gpu_host_ip):
+        raise UsageError(f"--link-gbps {args.link_gbps}: give a rate > 0, and only for the emulated "
+                         "link (a real link to --gpu_host_ip has its own rate)")
     config = load_config(spec)
     needed = args.prompt_len + (args.decode_steps + 1 if args.phase == "decode" else 0)
     if needed > max_positions(config):
@@ -75,7 +80,7 @@ def run(args) -> dict:
         result = run_phase(backend, prompt, args.phase, steps)
         return summary(args, spec, device, "none (local)", result, None, None)
     state_dict = build_model(spec, "cpu").state_dict()  # the client's copy of the weights
-    with testbed(args.gpu_host_ip, args.port, args.channel, args.device) as bed:
+    with testbed(args.gpu_host_ip, args.port, args.channel, args.device, link_gbps=args.link_gbps) as bed:
         worker = bed.worker(spec)
         c0 = bed.counters()
         backend = (NaiveBackend if args.mode == "naive" else SysBackend)(worker, state_dict)

@@ -39,28 +39,44 @@ def analyse_round(r: dict, ctx: CellContext) -> dict:
     }
 
 
+SERVER_PARTS = ("server_dispatch_s", "server_load_s", "server_h2d_s", "server_compute_s", "server_d2h_s")
+TIME_PARTS = ("client_s", "client_ser_s", "wire_tx_s", "server_deser_s", *SERVER_PARTS,
+              "server_ser_s", "wire_rx_s", "client_deser_s")
+
+
 def breakdown(r: dict, link_bytes: int, iperf_gbps: float | None) -> dict:
-    """Where a round's wall-clock went. Measured: latency, time inside RPC calls (client), the
-    server's load/h2d/compute/d2h (synchronised). Derived: client-side rest = latency - RPC time;
-    transport = RPC time - server time (serialisation + wire + deserialisation); wire = bytes at
-    iperf3's rate; serdes = transport - wire."""
+    """Where a round's wall-clock went, every part measured on its own:
+    client_s: the client's own work between calls (choosing the next token; engine's timer);
+    server_*: the worker's timers (CUDA-synchronised) and its hand-over to the compute thread;
+    client_ser .. client_deser: the client's and server's clocks and the capture's packet times
+    (harness.timeline). Parts not measured in a round (no capture) are None, never derived from
+    the others. unattributed_s is what no part covers (Python between the timers on either
+    side); time_parts_sum_ratio is the parts' sum over the wall-clock.
+
+    transport_s is what the naive mode spends moving bytes: time inside RPC calls less the time
+    the server spent in its methods (its stamps), so wire_gbps is the RPC path's throughput."""
     server = r["server_s"]
-    server_total = sum(server.values())
     remote = r["calls"] > 0 and r["rpc_s"] > 0
-    rpc_s = r["rpc_s"] if remote else 0.0
-    client_s = r["latency_s"] - (rpc_s if remote else server.get("compute_s", 0.0))
-    transport_s = rpc_s - server_total if remote else 0.0
-    wire_s = link_bytes * 8 / (iperf_gbps * 1e9) if (iperf_gbps and remote) else None
-    parts = {"client_s": client_s, "server_load_s": server.get("load_s", 0.0),
-             "server_h2d_s": server.get("h2d_s", 0.0), "server_compute_s": server.get("compute_s", 0.0),
-             "server_d2h_s": server.get("d2h_s", 0.0), "wire_s": wire_s or 0.0,
-             "serdes_s": transport_s - (wire_s or 0.0) if remote else 0.0}
-    total = sum(parts.values())
-    return {"time": parts, "time_parts_sum_ratio": total / r["latency_s"] if r["latency_s"] else None,
-            "transport_s": transport_s,
-            "wire_gbps": link_bytes * 8 / transport_s / 1e9 if transport_s > 0 else None,
-            "wire_vs_iperf": (link_bytes * 8 / transport_s / 1e9) / iperf_gbps
-                             if transport_s > 0 and iperf_gbps else None}
+    stamps = r.get("call_stamps") or []
+    tl = r.get("timeline") or {}
+    parts = {k: server.get(k.removeprefix("server_"), 0.0) for k in SERVER_PARTS}
+    parts["client_s"] = r["client_s"]
+    for k in ("client_ser_s", "wire_tx_s", "server_deser_s", "server_ser_s", "wire_rx_s", "client_deser_s"):
+        parts[k] = tl.get(k) if remote else 0.0
+    measured = [v for v in parts.values() if v is not None]
+    total = sum(measured)
+    handling = sum(left - entered for _, entered, left, _ in stamps) if stamps else sum(server.values())
+    transport_s = r["rpc_s"] - handling if remote else 0.0
+    gbps = link_bytes * 8 / transport_s / 1e9 if transport_s > 0 else None
+    wire_s = (tl["wire_tx_s"] + tl["wire_rx_s"]) if tl else None
+    return {"time": {k: parts[k] for k in TIME_PARTS},
+            "time_complete": len(measured) == len(parts),
+            "unattributed_s": r["latency_s"] - total,
+            "time_parts_sum_ratio": total / r["latency_s"] if r["latency_s"] and len(measured) == len(parts) else None,
+            "transport_s": transport_s, "wire_gbps": gbps,
+            "wire_vs_iperf": gbps / iperf_gbps if gbps and iperf_gbps else None,
+            # the packets' own pace, first to last data packet of each request and reply
+            "wire_only_gbps": link_bytes * 8 / wire_s / 1e9 if wire_s else None}
 
 
 def utilization(r: dict) -> dict:
@@ -72,4 +88,4 @@ def utilization(r: dict) -> dict:
                               if short and r["gpu_sm_pct"] is not None else None,
             "util_nvml_pct": r["nvml_util_pct"],
             "util_busy_fraction": busy / r["latency_s"] if busy is not None and r["latency_s"] else None,
-            "analysis_share": r["pcap_read_s"] / r["latency_s"] if r["pcap_read_s"] is not None else None}
+            "analysis_share": r["analysis_s"] / r["latency_s"] if r.get("analysis_s") is not None else None}

@@ -10,11 +10,13 @@ setup/teardown bracket every round (warm-ups too) with the probe, outside the ti
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 
 from harness.analysis import CellContext, analyse_round
 from harness.engine import PhaseResult, run_phase
 from harness.probe import ProbeReading, RoundProbe
+from harness.timeline import call_timeline
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,12 @@ class RoundRecord:
     warmup: bool
     result: PhaseResult
     probe: ProbeReading
+    timeline: dict | None = None   # harness.timeline parts summed over the round's calls
+    analysis_s: float | None = None  # reading the capture + placing the calls on the timeline
 
     def to_dict(self) -> dict:
-        d = {"warmup": self.warmup} | self.result.to_dict() | asdict(self.probe)
+        d = ({"warmup": self.warmup, "timeline": self.timeline, "analysis_s": self.analysis_s}
+             | self.result.to_dict() | asdict(self.probe))
         d.pop("mode"), d.pop("phase")
         return d
 
@@ -66,7 +71,10 @@ class Cell:
     def teardown(self) -> None:
         reading = self.probe.stop()
         warmup = len(self.records) < self.cfg.warmup_rounds
-        self.records.append(RoundRecord(warmup, self._pending, reading))
+        t0 = time.perf_counter()
+        timeline = call_timeline(self._pending.call_stamps, self.probe.packets, reading.clock_offset_s)
+        analysis_s = None if reading.pcap_read_s is None else reading.pcap_read_s + time.perf_counter() - t0
+        self.records.append(RoundRecord(warmup, self._pending, reading, timeline, analysis_s))
 
     def _round_label(self) -> str:
         i = len(self.records)
@@ -110,11 +118,13 @@ def summarise(cell: Cell, rounds: list[dict]) -> dict:
         out[key] = {"mean": m, "std": s}
     analysed = [r["analysis"] for r in rounds if not r["warmup"] and "analysis" in r]
     for key in ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_busy_fraction",
-                "wire_gbps", "wire_vs_iperf", "analysis_share", "time_parts_sum_ratio"):
+                "wire_gbps", "wire_vs_iperf", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio",
+                "unattributed_s"):
         m, s = mean_std([a[key] for a in analysed])
         out[key] = {"mean": m, "std": s}
     if analysed:
         out["closure_verdicts"] = sorted({a["closure_verdict"] for a in analysed})
         out["util_dmon_note"] = next((a["util_dmon_note"] for a in analysed if a["util_dmon_note"]), None)
         out["time"] = {k: mean_std([a["time"][k] for a in analysed])[0] for k in analysed[0]["time"]}
+        out["time_complete"] = all(a["time_complete"] for a in analysed)
     return out

@@ -36,6 +36,7 @@ class SuiteOptions:
     capture: bool = True
     compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions
     link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
+    link_gbps: float | None = None            # embedded default: shape the veth to this rate
     link_strict: bool = False                 # ... and fail instead
 
     @property
@@ -67,8 +68,13 @@ class SuiteOptions:
             raise UsageError(f"--gap-channel {self.channel!r}: use one of {', '.join(CHANNELS)}")
         if self.link_nominal_gbps is not None and self.link_nominal_gbps <= 0:
             raise UsageError(f"--gap-link-nominal-gbps {self.link_nominal_gbps} must be > 0")
-        if self.link_strict and self.link_nominal_gbps is None:
+        if self.link_strict and self.link_nominal_gbps is None and self.link_gbps is None:
             raise UsageError("--gap-link-strict needs --gap-link-nominal-gbps N (the link's rated speed)")
+        if self.link_gbps is not None and self.link_gbps <= 0:
+            raise UsageError(f"--gap-link-gbps {self.link_gbps} must be > 0 (Gbit/s)")
+        if self.link_gbps and (self.gpu_host or self.gpu_addr):
+            raise UsageError("--gap-link-gbps shapes the embedded link only; a real link has its own "
+                             "rate: drop it, or state that rate with --gap-link-nominal-gbps")
         self.host()  # validates the ssh target
         spec = self.spec  # validates model and dtype
         ctx = max_positions(load_config(spec))

@@ -29,6 +29,8 @@ class PhaseResult:
     calls: int = 0              # forward passes (RPC round trips in remote modes)
     rpc_s: float = 0.0          # client time inside RPC calls
     server_s: dict = field(default_factory=dict)
+    call_stamps: list = field(default_factory=list)  # per RPC call: (sent, entered, left, returned)
+    client_s: float = 0.0       # the client's own work between forwards
 
     @property
     def tpot_s(self) -> float | None:
@@ -44,22 +46,32 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
     n_steps = steps if phase == "decode" else 0
     t = backend.tally
-    start = t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s
+    start = t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s, len(t.stamps)
+    # client_s: the client's own work between forwards (next token, its tensor, progress), timed
+    # apart so the time breakdown need not take it as "the rest"
     t0 = time.perf_counter()
-    tokens = [greedy(backend.prefill(prompt))]  # .item() inside greedy syncs the device
+    logits = backend.prefill(prompt)
+    mark = time.perf_counter()
+    tokens = [greedy(logits)]  # .item() inside greedy syncs the device
     ttft = time.perf_counter() - t0
     step_times = []
     if on_step:
         on_step(0, n_steps)
+    client_s = time.perf_counter() - mark
     for i in range(n_steps):
         ts = time.perf_counter()
-        tokens.append(greedy(backend.step(torch.tensor([[tokens[-1]]]))))
+        tok = torch.tensor([[tokens[-1]]])
+        mark = time.perf_counter()
+        logits = backend.step(tok)
+        back = time.perf_counter()
+        tokens.append(greedy(logits))
         step_times.append(time.perf_counter() - ts)
         if on_step:
             on_step(i + 1, n_steps)
+        client_s += (mark - ts) + (time.perf_counter() - back)
     latency = time.perf_counter() - t0
     backend.end()  # outside the timed region: releasing a cache is session teardown
     server = {k: v - start[2].get(k, 0.0) for k, v in t.server_s.items()}
     return PhaseResult(backend.mode, phase, tokens, latency, ttft, step_times,
                        t.payload_tx_bytes - start[0], t.payload_rx_bytes - start[1],
-                       t.calls - start[3], t.rpc_s - start[4], server)
+                       t.calls - start[3], t.rpc_s - start[4], server, t.stamps[start[5]:], client_s)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import threading
 import time
@@ -28,19 +30,19 @@ def iperf3(link: Link, streams: int = 1, seconds: float = 3.0, port: int = 5201)
     """Client -> GPU host goodput over `streams` TCP connections, one iperf3 process pair per
     stream: iperf3 before 3.16 runs all of -P's streams on one thread, which caps them at one
     core's worth (on the H100 host -P 4 gave 27 Gbit/s against 30 for one stream). Servers run on
-    the GPU host for one test each (-1), bound to the link address only, killed by pid after."""
-    on_gpu = link.host.argv
+    the GPU host for one test each (-1), bound to the link address only, all under one shell
+    (one ssh session: sshd's MaxStartups refuses a burst of 16), stopped after."""
     ports = [port + i for i in range(streams)]
-    servers = [subprocess.Popen(on_gpu(["iperf3", "-s", "-1", "--forceflush", "-B", link.gpu_addr, "-p", str(p)]),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for p in ports]
+    server = _start_servers(link, ports)
     try:
-        for server, p in zip(servers, ports):
-            _wait_listening(server, p)
+        _wait_listening(server, ports)
         clients = [_start_client(link.gpu_addr, p, seconds) for p in ports]
         gbps = sum(_finish_client(c, link.gpu_addr, p, seconds) for c, p in zip(clients, ports))
     finally:
-        for server in servers:
+        try:
+            server.wait(5)  # each one-off server exits after its test, then the shell
+        except subprocess.TimeoutExpired:
+            server.terminate()  # the shell's trap takes its servers along
             try:
                 server.wait(5)
             except subprocess.TimeoutExpired:
@@ -49,17 +51,33 @@ def iperf3(link: Link, streams: int = 1, seconds: float = 3.0, port: int = 5201)
     return Iperf(streams, gbps, seconds)
 
 
-def _wait_listening(server: subprocess.Popen, port: int, timeout_s: float = 10.0) -> None:
-    """Until the server says it listens (a probing connect would use up the one-off server)."""
-    heard = threading.Event()
+def _start_servers(link: Link, ports: list[int]) -> subprocess.Popen:
+    one = f"iperf3 -s -1 --forceflush -B {shlex.quote(link.gpu_addr)} -p"
+    script = (f"trap 'kill 0' TERM HUP; for p in {' '.join(map(str, ports))}; do {one} $p & done; wait")
+    # a terminal over ssh: the servers get SIGHUP however the session ends
+    return subprocess.Popen(link.host.argv(["sh", "-c", script], tty=True), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_listening(server: subprocess.Popen, ports: list[int], timeout_s: float = 10.0) -> None:
+    """Until every server says it listens (a probing connect would use up a one-off server)."""
+    waiting = set(ports)
+    done = threading.Event()
+    tail: list[str] = []
 
     def read():
         for line in server.stdout:
-            if "listening" in line.lower():
-                heard.set()
+            tail.append(line.strip())
+            m = re.search(r"listening on (\d+)", line, re.I)
+            if m:
+                waiting.discard(int(m.group(1)))
+                if not waiting:
+                    done.set()
     threading.Thread(target=read, daemon=True).start()
-    if not heard.wait(timeout_s):
-        raise RuntimeError(f"iperf3 server on port {port} did not start: is iperf3 installed on the GPU host?")
+    if not done.wait(timeout_s):
+        last = next((t for t in reversed(tail) if t), "no output")
+        raise RuntimeError(f"iperf3 servers on ports {sorted(waiting)} did not start ({last}): is iperf3 "
+                           "installed on the GPU host?")
 
 
 def _start_client(addr: str, port: int, seconds: float) -> subprocess.Popen:

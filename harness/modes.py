@@ -5,6 +5,8 @@ each returning the last position's logits [1, vocab]; end() closes the session.
 - NaiveBackend: the stateless worker; each call ships state_dict + new ids + whole KV cache.
 - SysBackend: the stateful worker; weights shipped once (at construction, timed apart),
   then only ids and a cache id.
+Both ship the weights packed (harness.payload.Packed: the same bytes, one tensor per dtype), so
+neither pays TensorPipe's per-tensor cost; packing happens once, before anything is timed.
 
 Remote backends count the payload they send and receive from the tensors themselves
 (harness.payload.tensor_bytes) and sum the server's own time split.
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.models import forward_step
-from harness.payload import tensor_bytes
+from harness.payload import Packed, pack, tensor_bytes
 from harness.rpc import explain
 from harness.timing import Clock
 
@@ -26,12 +28,15 @@ MODES = ("local", "naive", "sys_simulated")
 
 @dataclass
 class Tally:
-    """Per-session accounting. server_s sums the worker's own split over all calls."""
+    """Per-session accounting. server_s sums the worker's own split over all calls; stamps
+    holds one (sent, entered, left, returned) per RPC call: the client's time.time() around the
+    call and the server's around its method (harness.timeline puts them on one timeline)."""
     payload_tx_bytes: int = 0
     payload_rx_bytes: int = 0
     calls: int = 0
     rpc_s: float = 0.0          # client wall time inside rpc_sync calls
     server_s: dict = field(default_factory=dict)
+    stamps: list = field(default_factory=list)
 
     def add(self, tx, rx, server_s=None, rpc_s=0.0):
         self.payload_tx_bytes += tx
@@ -40,6 +45,12 @@ class Tally:
         self.rpc_s += rpc_s
         for k, v in (server_s or {}).items():
             self.server_s[k] = self.server_s.get(k, 0.0) + v
+
+    def add_call(self, tx, rx, reply, sent: float, returned: float):
+        """One RPC call that returned a worker Reply; sent/returned: the client's time.time()."""
+        self.add(tx, rx, reply.server_s, returned - sent)
+        if reply.stamps_s:
+            self.stamps.append((sent, *reply.stamps_s, returned))
 
 
 class LocalBackend:
@@ -74,20 +85,19 @@ class LocalBackend:
 class NaiveBackend:
     mode = "naive"
 
-    def __init__(self, worker_rref, state_dict):
+    def __init__(self, worker_rref, state_dict: dict | Packed):
         self.worker = worker_rref
-        self.state_dict = state_dict
+        self.weights = as_packed(state_dict)  # one buffer per dtype; see harness.payload.Packed
         self.tally = Tally()
-        self.kv = None
+        self.kv = None                        # Packed, as the worker sent it back
 
     def _call(self, ids):
-        sent = (self.state_dict, ids, self.kv)
-        t0 = time.perf_counter()
+        sent = (self.weights, ids, self.kv)
+        t0 = time.time()
         reply = call(self.worker, "run_stateless_forward_remote", *sent)
-        rpc_s = time.perf_counter() - t0
+        t1 = time.time()
         self.kv = reply.kv_cache
-        self.tally.add(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)),
-                       reply.server_s, rpc_s)
+        self.tally.add_call(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)), reply, t0, t1)
         return reply.logits
 
     def prefill(self, ids):
@@ -112,13 +122,14 @@ class WeightLoad:
 class SysBackend:
     mode = "sys_simulated"
 
-    def __init__(self, worker_rref, state_dict):
+    def __init__(self, worker_rref, state_dict: dict | Packed):
         self.worker = worker_rref
         self.tally = Tally()
         self.cache_id = None
+        weights = as_packed(state_dict)  # as the naive mode sends them
         t0 = time.perf_counter()
-        reply = call(self.worker, "load_weights_remote", state_dict)
-        self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(state_dict), reply.server_s)
+        reply = call(self.worker, "load_weights_remote", weights)
+        self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(weights), reply.server_s)
 
     def prefill(self, ids):
         reply = self._call("run_prefill_remote", ids)
@@ -129,16 +140,19 @@ class SysBackend:
         return self._call("run_decode_step_remote", tok, self.cache_id).logits
 
     def _call(self, method, ids, *rest):
-        t0 = time.perf_counter()
+        t0 = time.time()
         reply = call(self.worker, method, ids, *rest)
-        self.tally.add(tensor_bytes(ids), tensor_bytes(reply.logits), reply.server_s,
-                       time.perf_counter() - t0)
+        self.tally.add_call(tensor_bytes(ids), tensor_bytes(reply.logits), reply, t0, time.time())
         return reply
 
     def end(self):
         if self.cache_id is not None:
             self.worker.rpc_sync().release_cache_remote(self.cache_id)
             self.cache_id = None
+
+
+def as_packed(state_dict: dict | Packed) -> Packed:
+    return state_dict if isinstance(state_dict, Packed) else pack(state_dict)
 
 
 def call(worker, method: str, *args):

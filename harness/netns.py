@@ -44,6 +44,7 @@ class Link:
     gpu_iface: str
     netns: str | None           # the GPU host's namespace, None on loopback
     host: GpuHost = GpuHost()   # how to run programs on the GPU host
+    rate_gbps: float | None = None  # a line rate given to the veth (tc tbf), None: unshaped
 
     @property
     def gpu_prefix(self) -> list[str]:
@@ -53,7 +54,8 @@ class Link:
     @property
     def label(self) -> str:
         if self.kind == "veth":
-            return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}"
+            rate = f", shaped to {self.rate_gbps:g} Gbit/s" if self.rate_gbps else ", unshaped"
+            return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}{rate}"
         if self.kind == "remote":
             via = f"ssh {self.host.ssh.destination}" if self.host.ssh else "worker started by hand"
             return f"{self.client_iface} -> {self.gpu_addr} ({via})"
@@ -75,9 +77,10 @@ def _addresses(pid: int, slot: int) -> tuple[str, str]:
     return str(base + 1), str(base + 2)
 
 
-def create(pid: int | None = None, slot: int = 0, mtu: int = 1500) -> Link:
+def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: float | None = None) -> Link:
     """Create the namespace and veth pair; remove anything half-made if a step fails.
-    slot > 0 gives the same process another link (a test's own GPU host, say)."""
+    slot > 0 gives the same process another link (a test's own GPU host, say).
+    rate_gbps gives the link a line rate each way (see shape)."""
     pid = pid or os.getpid()
     ns, vc, vg = _names(pid, slot)
     ca, ga = _addresses(pid, slot)
@@ -90,10 +93,52 @@ def create(pid: int | None = None, slot: int = 0, mtu: int = 1500) -> Link:
         _ip("-n", ns, "addr", "add", f"{ga}/30", "dev", vg)
         _ip("-n", ns, "link", "set", vg, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
+        if rate_gbps:
+            shape([], vc, rate_gbps)
+            shape(["-n", ns], vg, rate_gbps)
+            spread_receive([], vc)
+            spread_receive(["ip", "netns", "exec", ns], vg)
     except NetnsError:
         destroy_names(ns, vc)
         raise
-    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns))
+    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns), rate_gbps)
+
+
+def spread_receive(prefix: list[str], dev: str) -> None:
+    """Receive packet steering on dev over all CPUs. A token bucket releases every lane's
+    packets from one CPU, and without RPS that CPU's backlog (netdev_max_backlog packets)
+    overflowed on the H100 host: 2-6% of a shaped naive call's bytes were retransmissions."""
+    cpus = os.cpu_count() or 1
+    every = (1 << cpus) - 1
+    words = [(every >> (32 * i)) & 0xFFFFFFFF for i in range((cpus + 31) // 32)]
+    mask = ",".join(f"{w:x}" for w in reversed(words))  # sysfs wants 32-bit groups, high first
+    path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
+    out = subprocess.run([*prefix, "sh", "-c", f"echo {mask} > {path}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise NetnsError(f"receive steering on {dev} failed: {out.stderr.strip()} (writing {path})")
+
+
+def shape(netns_args: list[str], dev: str, rate_gbps: float) -> None:
+    """A token bucket on dev's egress: the emulated link gets a line rate, as a NIC has.
+
+    Unshaped, a veth is as fast as the CPUs copy, and iperf3's cache-resident buffers copy far
+    faster than any application's data (on the H100 host 16 streams read 316 Gbit/s): a figure
+    no real link between two hosts shows. The bucket holds 1 ms of traffic (at least 256 KB,
+    so 64 KB GSO segments pass whole). The queue holds 100 ms (at most 4 GB, tc's limit): a
+    NIC pushes back on its host instead of dropping, and with 10 ms the H100 host dropped
+    enough for 2-3% of a naive call's bytes to be retransmissions."""
+    bytes_per_s = rate_gbps * 1e9 / 8
+    burst = max(256_000, int(bytes_per_s * 1e-3))
+    limit = min(2**32 - 1, max(4 * burst, int(bytes_per_s * 0.1)))
+    try:
+        out = subprocess.run(["tc", *netns_args, "qdisc", "replace", "dev", dev, "root", "tbf",
+                              "rate", f"{rate_gbps:g}gbit", "burst", str(burst), "limit", str(limit)],
+                             capture_output=True, text=True)
+    except FileNotFoundError:
+        raise NetnsError("tc not found: apt-get install iproute2") from None
+    if out.returncode != 0:
+        raise NetnsError(f"shaping {dev} to {rate_gbps:g} Gbit/s failed: {out.stderr.strip()} "
+                         "(needs tc from iproute2 and the kernel's sch_tbf)")
 
 
 def loopback() -> Link:

@@ -1,6 +1,8 @@
 """What is measured around one round: the link's counters, a tcpdump capture on the client's
-side of the link, and `nvidia-smi dmon` on the GPU host. Started before the timed region and
-stopped after it (pytest-benchmark's pedantic setup/teardown), so their start-up costs nothing.
+side of the link, `nvidia-smi dmon` and an NVML sampler on the GPU host, and the GPU host's clock
+offset. Started before the timed region and stopped after it (pytest-benchmark's pedantic
+setup/teardown), so their start-up costs nothing. The capture's packets of the last round stay
+in `packets` (for harness.timeline), not in the reading.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 from harness.capture import Capture, read_pcap
 from harness.dmon import DmonMonitor, parse_dmon
 from harness.link import stats
+from harness.modes import call
 from harness.netns import Link
+from harness.timing import clock_offset
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,29 @@ class ProbeReading:
     nvml_util_pct: float | None  # NVML utilization.gpu polled every 20 ms on the GPU host
     nvml_samples: int
     control_bytes: int           # the sampler's start/stop calls: inside the capture, not the counters
+    clock_offset_s: float        # GPU host's clock - client's; 0 on one kernel (the embedded default)
+    clock_rtt_s: float | None    # round trip of the offset estimate (its error bound x 2); None: not estimated
 
     @property
     def link_bytes(self) -> int:
         return self.link_tx_bytes + self.link_rx_bytes
+
+
+class WorkerSampler:
+    """The worker's NVML sampler, started and stopped over RPC outside the counted region, and
+    its host's clock for the offset estimate."""
+
+    def __init__(self, worker):
+        self.worker = worker  # RRef to a harness.worker.RemoteWorker
+
+    def start(self) -> None:
+        call(self.worker, "gpu_sampler_start_remote")
+
+    def stop(self) -> tuple[float | None, int]:
+        return tuple(call(self.worker, "gpu_sampler_stop_remote"))
+
+    def clock(self) -> float:
+        return call(self.worker, "clock_remote")
 
 
 # Linux delays an ACK by up to 40 ms: let the sampler call's last ACK pass before counting.
@@ -44,13 +67,16 @@ CONTROL_SETTLE_S = 0.05
 class RoundProbe:
     def __init__(self, link: Link, capture: bool = True, dmon: bool = True,
                  workdir: Path | None = None, sampler=None):
-        """sampler: an object with start() and stop() -> (mean %, samples), run on the GPU host."""
+        """sampler: an object run on the GPU host with start(), stop() -> (mean %, samples) and
+        clock() -> its time.time()."""
         self.link = link
         self.sampler = sampler
         self.capture_on = capture
         self.dmon_on = dmon and DmonMonitor.available(link.gpu_prefix)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sgap-probe-"))
         self._cap = self._dmon = self._c0 = self._pre = None
+        self._clock = (0.0, None)
+        self.packets = None  # harness.capture.PcapPackets of the last round, or None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +89,9 @@ class RoundProbe:
         self._pre = stats(self.link.client_iface)
         if self.sampler:
             self.sampler.start()
+            # one kernel, one clock: an estimate would only add its own error
+            if self.link.kind == "remote":
+                self._clock = clock_offset(self.sampler.clock)
             time.sleep(CONTROL_SETTLE_S)
         self._c0 = stats(self.link.client_iface)  # last: nothing above is counted
 
@@ -75,7 +104,7 @@ class RoundProbe:
         sm, samples = self._stop_dmon()
         pcap = self._stop_capture()
         return ProbeReading(d["tx_bytes"], d["rx_bytes"], d["tx_packets"] + d["rx_packets"],
-                            *pcap, sm, samples, *nvml, control)
+                            *pcap, sm, samples, *nvml, control, *self._clock)
 
     def abort(self) -> None:
         """Stop everything without reading it (an error in the round)."""
@@ -83,6 +112,7 @@ class RoundProbe:
             if proc is not None:
                 proc.__exit__(RuntimeError, None, None)
         self._cap = self._dmon = None
+        self.packets = None
 
     def _stop_dmon(self) -> tuple[float | None, int]:
         if self._dmon is None:
@@ -94,10 +124,12 @@ class RoundProbe:
         return series.mean, series.n
 
     def _stop_capture(self) -> tuple:
+        self.packets = None
         if self._cap is None:
             return (None,) * 6
         stats, self._cap = self._cap.stop(), None
-        totals = read_pcap(stats.pcap_path, self.link.client_addr, self.link.gpu_addr)
+        totals = read_pcap(stats.pcap_path, self.link.client_addr, self.link.gpu_addr, per_packet=True)
+        self.packets = totals.per_packet
         stats.pcap_path.unlink()  # can be tens of MB a round; the totals are what we keep
         return (totals.bytes_total, totals.bytes_a_to_b, totals.bytes_b_to_a, totals.packets,
                 stats.packets_dropped, totals.read_s)

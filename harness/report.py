@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.analysis import TIME_PARTS
 from harness.engine import PHASES
 from harness.modes import MODES
 
@@ -74,9 +75,8 @@ def markdown_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:
 
 
 CHECK_COLUMNS = ["Phase", "Mode", "Analytic payload", "pcap bytes", "Counter bytes", "Closure",
-                 "dmon SM %", "NVML util %", "Busy fraction", "Wire Gbit/s (÷ iperf3)"]
-TIME_PARTS = ["client_s", "serdes_s", "wire_s", "server_load_s", "server_h2d_s",
-              "server_compute_s", "server_d2h_s"]
+                 "dmon SM %", "NVML util %", "Busy fraction", "RPC path Gbit/s (÷ iperf3)"]
+RPC_BOUND = 0.8  # below this share of iperf3 the RPC path, not the link, sets the naive mode's pace
 
 
 def _num(v, fmt):
@@ -104,9 +104,18 @@ def check_rows(infos) -> list[dict]:
                          else "n/a (< dmon period)",
             "NVML util %": _num(s.get("util_nvml_pct", {}).get("mean"), lambda v: f"{v:.1f}"),
             "Busy fraction": _num(s.get("util_busy_fraction", {}).get("mean"), lambda v: f"{v:.2f}"),
-            "Wire Gbit/s (÷ iperf3)": "n/a" if gbps is None else f"{gbps:.2f} ({ratio:.2f})" if ratio else f"{gbps:.2f}",
+            "RPC path Gbit/s (÷ iperf3)": _rpc_path(info["mode"], gbps, ratio),
         })
     return rows
+
+
+def _rpc_path(mode: str, gbps: float | None, ratio: float | None) -> str:
+    """Only the naive mode moves enough per call for a throughput to mean anything."""
+    if mode != "naive" or gbps is None:
+        return "n/a"
+    if ratio is None:
+        return f"{gbps:.2f}"
+    return f"{gbps:.2f} ({ratio:.2f}{', RPC-bound' if ratio < RPC_BOUND else ''})"
 
 
 def time_rows(infos) -> list[dict]:
@@ -118,7 +127,8 @@ def time_rows(infos) -> list[dict]:
         row = {"Phase": info["phase"], "Mode": info["mode"],
                "Latency (s)": f"{info['summary']['latency_s']['mean']:.4f}"}
         row |= {k: _num(t.get(k), lambda v: f"{v:.4f}") for k in TIME_PARTS}
-        row["sum / latency"] = _num(ratio, lambda v: f"{v:.3f}")
+        row["sum / latency"] = _num(ratio, lambda v: f"{v:.3f}") if info["summary"].get("time_complete") \
+            else "n/a (no capture: wire and serdes not measured)"
         rows.append(row)
     return rows
 
@@ -127,13 +137,62 @@ def _first_measured(info) -> dict:
     return next((r for r in info["rounds"] if not r["warmup"]), {})
 
 
-def full_report(infos) -> str:
+def harness_rows(infos, controls: dict, link: dict | None) -> list[dict]:
+    """The harness's own evidence: is the link measured, is the RPC path fast enough, what does
+    the probe cost, is the baseline honest, does the payload model close, do the parts add up."""
+    rows = []
+    if link and "note" not in link:
+        figures = " / ".join(f"{v:.1f}" for k, v in link.items() if k.startswith("iperf3_gbps_"))
+        streams = "/".join(k.split("_")[2] for k in link if k.startswith("iperf3_gbps_"))
+        shaped = f"; shaped to {link['shaped_gbps']:g}" if link.get("shaped_gbps") else "; unshaped"
+        rows.append({"Check": f"iperf3 Gbit/s ({streams} streams{shaped})", "Figure": figures, "Target": "-"})
+    summaries = {f"{i['phase']}-{i['mode']}": i["summary"] for i in infos}
+    naive = {k: v.get("wire_vs_iperf", {}).get("mean") for k, v in summaries.items() if k.endswith("-naive")}
+    if any(v is not None for v in naive.values()):
+        rows.append({"Check": "naive RPC path ÷ iperf3 (as many streams as lanes)",
+                     "Figure": ", ".join(f"{k.split('-')[0]} {v:.2f}" for k, v in naive.items() if v is not None),
+                     "Target": f">= {RPC_BOUND}"})
+    cap = controls.get("capture_overhead")
+    if cap:
+        q1, q3 = cap.get("on_over_off_iqr", (None, None))
+        iqr = f" [quartiles {q1:.3f}-{q3:.3f}, {len(cap['latency_on_s'])} pairs]" if q1 else ""
+        rows.append({"Check": "latency probe on ÷ off (naive prefill)", "Figure": f"{cap['on_over_off']:.3f}{iqr}",
+                     "Target": "<= 1.02"})
+    shares = {k: v.get("analysis_share", {}).get("mean") for k, v in summaries.items()}
+    if any(v is not None for v in shares.values()):
+        k, v = max(((k, v) for k, v in shares.items() if v is not None and "local" not in k), key=lambda kv: kv[1],
+                   default=(None, None))
+        if k:
+            rows.append({"Check": "capture analysis ÷ round (worst remote cell)", "Figure": f"{v * 100:.1f}% ({k})",
+                         "Target": "<= 5%"})
+    base = controls.get("local_vs_generate")
+    if base:
+        rows.append({"Check": "local loop ÷ generate(), time per token", "Figure": f"{base['loop_over_generate']:.2f}",
+                     "Target": "<= 1.05"})
+    errors = [(k, v["closure_error"]["mean"]) for k, v in summaries.items()
+              if "ok" in v.get("closure_verdicts", []) or "INVALID" in v.get("closure_verdicts", [])]
+    if errors:
+        rows.append({"Check": "payload closure error (cells >= 1 MB)",
+                     "Figure": ", ".join(f"{k} {e * 100:+.2f}%" for k, e in errors), "Target": "within ±2%"})
+    sums = [v["time_parts_sum_ratio"]["mean"] for v in summaries.values() if v.get("time_parts_sum_ratio", {}).get("mean")]
+    if sums:
+        rows.append({"Check": "time parts ÷ wall-clock (all cells)", "Figure": f"{min(sums):.3f} - {max(sums):.3f}",
+                     "Target": "0.95 - 1.05"})
+    return rows
+
+
+def full_report(infos, controls: dict | None = None, link: dict | None = None) -> str:
     infos = list(infos)
+    checks = harness_rows(infos, controls or {}, link)
     return "\n\n".join([
         markdown_table(table_rows(infos)),
-        "Measurement checks (means over measured rounds):\n" + markdown_table(check_rows(infos), CHECK_COLUMNS),
-        "Time breakdown (s per round; serdes and wire derived, see harness/analysis.py):\n"
-        + markdown_table(time_rows(infos), ["Phase", "Mode", "Latency (s)", *TIME_PARTS, "sum / latency"])])
+        "Measurement checks (means over measured rounds; iperf3 with as many streams as the RPC "
+        f"channel has lanes; RPC-bound: under {RPC_BOUND:.0%} of it, the RPC path and not the link sets "
+        "the naive mode's pace):\n" + markdown_table(check_rows(infos), CHECK_COLUMNS),
+        "Time breakdown (s per round, each part measured: client and server clocks, server timers,"
+        " packet times; see harness/timeline.py):\n"
+        + markdown_table(time_rows(infos), ["Phase", "Mode", "Latency (s)", *TIME_PARTS, "sum / latency"]),
+        *(["Harness checks (this run):\n" + markdown_table(checks, ["Check", "Figure", "Target"])] if checks else [])])
 
 
 def regressions(info: dict, base_info: dict, tolerances: dict) -> list[str]:
@@ -157,13 +216,20 @@ def regressions(info: dict, base_info: dict, tolerances: dict) -> list[str]:
     return out
 
 
-def load_infos(path: Path) -> list[dict]:
+CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead"}
+
+
+def load_infos(path: Path) -> tuple[list[dict], dict, dict | None]:
+    """(cells' extra_info, harness checks' extra_info by name, the link check) from a JSON."""
     data = json.loads(Path(path).read_text())
-    infos = [b["extra_info"] for b in data.get("benchmarks", []) if "summary" in b.get("extra_info", {})]
+    benches = data.get("benchmarks", [])
+    infos = [b["extra_info"] for b in benches if "summary" in b.get("extra_info", {})]
     if not infos:
         raise ValueError(f"{path}: no semantic-gap cells in it (was it written by `pytest benchmarks "
                          "--benchmark-json=...`?)")
-    return infos
+    controls = {CONTROL_TESTS[b["name"]]: b["extra_info"] for b in benches if b["name"] in CONTROL_TESTS}
+    link = data.get("machine_info", {}).get("semantic_gap", {}).get("link_check")
+    return infos, controls, link
 
 
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:
@@ -196,11 +262,11 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_all(infos: list[dict], out_dir: Path) -> list[Path]:
+def write_all(infos: list[dict], out_dir: Path, controls: dict | None = None, link: dict | None = None) -> list[Path]:
     import pandas as pd
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "table.md"
-    md.write_text(full_report(infos) + "\n")
+    md.write_text(full_report(infos, controls, link) + "\n")
     csv = out_dir / "table.csv"
     rows = table_rows(infos)
     pd.DataFrame(rows).to_csv(csv, index=False)
@@ -213,12 +279,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="folder for table.md, table.csv, *.png [beside the JSON]")
     args = p.parse_args(argv)
     try:
-        infos = load_infos(args.json)
+        infos, controls, link = load_infos(args.json)
     except (OSError, ValueError, KeyError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
-    print(full_report(infos))
-    for path in write_all(infos, args.out or args.json.parent):
+    print(full_report(infos, controls, link))
+    for path in write_all(infos, args.out or args.json.parent, controls, link):
         print(f"wrote {path}")
     return 0
 

@@ -20,6 +20,9 @@ from harness.errors import UsageError
 WORKER_NAME = "GPU_WORKER"
 CLIENT_NAME = "CLIENT"
 CHANNELS = ("basic", "mpt_uv")
+# TCP connections a channel moves one tensor over: mpt_uv splits it across 16 lanes
+# (kNumUvThreads in torch's tensorpipe_agent.cpp), basic uses the pipe's one connection
+LANES = {"basic": 1, "mpt_uv": 16}
 # mpt_uv spreads a message over several TCP lanes: on the H100 host a naive gpt2 decode step's
 # 250 MB moved at 75 Gbit/s with it and 15 with basic (one connection), so with basic the RPC
 # path, not the data, set naive's latency. On 2 cores the two were alike (11.7 vs 9.9 Gbit/s).

@@ -60,19 +60,24 @@ def resolve(host: str) -> str:
         raise UsageError(f"cannot resolve GPU host {host!r} ({e}): pass --gap-gpu-addr") from None
 
 
-def embedded_link() -> netns.Link:
+def embedded_link(rate_gbps: float | None = None) -> netns.Link:
     netns.clean_stale()
     if netns.can_make_namespaces():
-        return netns.create()
+        return netns.create(rate_gbps=rate_gbps)
+    if rate_gbps:
+        raise UsageError("a link rate needs the namespace link, which needs root: run as root "
+                         "or drop the link rate")
     log.warning("no root: GPU host emulated on loopback; byte counts include all loopback traffic")
     return netns.loopback()
 
 
 @contextlib.contextmanager
 def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.DEFAULT_CHANNEL,
-            device: str | None = None, host: GpuHost | None = None, rpc_timeout_s: float = 30.0):
+            device: str | None = None, host: GpuHost | None = None, rpc_timeout_s: float = 30.0,
+            link_gbps: float | None = None):
     """Yields a Testbed.
-    - nothing given: the embedded default (namespace + veth, worker started inside);
+    - nothing given: the embedded default (namespace + veth, worker started inside), its veth
+      shaped to link_gbps each way if given;
     - gpu_addr alone: a worker someone started there (rpc_server.py), reached directly;
     - host with ssh: the worker started over ssh, RPC to gpu_addr (default: the ssh host)."""
     from torch.distributed import rpc as torch_rpc
@@ -84,7 +89,7 @@ def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.D
             host.check()
             link = remote_link(gpu_addr or resolve(host.ssh.host), host)
         else:
-            link = remote_link(gpu_addr) if gpu_addr else embedded_link()
+            link = remote_link(gpu_addr) if gpu_addr else embedded_link(link_gbps)
         cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)
         if link.kind != "remote" or link.host.ssh:
             server = ServerProcess(cfg, host=link.host, device=device).start()

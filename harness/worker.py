@@ -13,11 +13,14 @@ attention builds an execution graph per (thread, sequence length), so a decode s
 like the local loop, runs as fast as the local loop.
 
 Every reply carries `server_s`, the server's own time split (load, host->device, compute,
-device->host), synchronised on CUDA, so the client can tell wire time from server time.
+device->host), synchronised on CUDA, and `stamps_s`, the server's wall clock when the method was
+entered (its arguments already received and unpickled) and left (its reply not yet pickled), so
+the client can place the server's time between the packets of the call (harness.timeline).
 """
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -26,23 +29,42 @@ import torch
 
 from harness.gpu import make_sampler
 from harness.models import ModelSpec, build_model, default_device, forward_step
-from harness.payload import cache_to_kv, kv_to, kv_to_cache
+from harness.payload import Packed, cache_to_kv, kv_to_cache, pack_kv, unpack, unpack_kv
 from harness.timing import Clock
 
 
 class Reply(NamedTuple):
     logits: torch.Tensor                 # [1, vocab] on the CPU, model dtype
-    kv_cache: list | None = None         # stateless only: the whole new cache, on the CPU
+    kv_cache: Packed | None = None       # stateless only: the whole new cache, on the CPU (pack_kv)
     kv_cache_id: str | None = None       # stateful only
-    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s"}
+    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s","dispatch_s"}
+    stamps_s: tuple | None = None        # (entered, left): the server's time.time() around the method
 
 
 def _compute_thread(method):
-    """Run the method on the worker's compute thread, whatever RPC thread called it."""
+    """Run the method on the worker's compute thread, whatever RPC thread called it. A Reply
+    gets the wall clock on the RPC thread, where torch hands the call over and takes it back
+    (stamps_s), and the hand-over's own time both ways (server_s["dispatch_s"])."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        return self._on_compute_thread(method, self, *args, **kwargs)
+        entered = time.time()
+        out, (began, ended) = self._on_compute_thread(_stamped, method, self, *args, **kwargs)
+        left = time.time()
+        if not isinstance(out, Reply):
+            return out
+        dispatch = (began - entered) + (left - ended)
+        return out._replace(stamps_s=(entered, left), server_s={**out.server_s, "dispatch_s": dispatch})
     return wrapper
+
+
+def _stamped(fn, *args, **kwargs):
+    began = time.time()
+    out = fn(*args, **kwargs)
+    return out, (began, time.time())
+
+
+def _tensors_of(state_dict: dict | Packed) -> dict:
+    return unpack(state_dict) if isinstance(state_dict, Packed) else state_dict
 
 
 class RemoteWorker:
@@ -63,15 +85,16 @@ class RemoteWorker:
 
     # -- stateless: the naive system ------------------------------------------------------
     @_compute_thread
-    def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache=None) -> Reply:
+    def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
+        """state_dict: a dict of tensors or its Packed form (harness.payload.pack)."""
         clock = Clock(self.device)
-        self.model.load_state_dict(state_dict)  # copies host tensors into device params
+        self.model.load_state_dict(_tensors_of(state_dict))  # copies host tensors into device params
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
-        cache = kv_to_cache(kv_to(kv_cache, self.device)) if kv_cache else self._new_cache()
+        cache = kv_to_cache(unpack_kv(kv_cache.to(self.device))) if kv_cache else self._new_cache()
         clock.lap("h2d_s")
         logits = self._step(input_ids, cache, clock)
-        reply_kv = [(k.cpu(), v.cpu()) for k, v in cache_to_kv(cache)]
+        reply_kv = pack_kv(cache_to_kv(cache)).to("cpu")  # packed on the device: one copy back
         clock.lap("d2h_s")
         return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
 
@@ -79,7 +102,7 @@ class RemoteWorker:
     @_compute_thread
     def load_weights_remote(self, state_dict) -> Reply:
         clock = Clock(self.device)
-        self.model.load_state_dict(state_dict)
+        self.model.load_state_dict(_tensors_of(state_dict))
         self.weights_loaded = True
         clock.lap("load_s")
         return Reply(torch.empty(0), server_s=clock.split)
@@ -118,6 +141,15 @@ class RemoteWorker:
 
     def noop_remote(self) -> None:
         """The control benchmark's round trip: RPC cost with no work behind it."""
+
+    @_compute_thread
+    def echo_remote(self, payload, reply_sizes: list[int]) -> Reply:
+        """The RPC path alone: take any payload, send back CPU byte tensors of reply_sizes."""
+        return Reply(torch.empty(0), kv_cache=[torch.empty(n, dtype=torch.uint8) for n in reply_sizes], server_s={})
+
+    def clock_remote(self) -> float:
+        """This host's wall clock, for the client's offset estimate (harness.timing.clock_offset)."""
+        return time.time()
 
     def gpu_sampler_start_remote(self) -> bool:
         if self.sampler:

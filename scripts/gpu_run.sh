@@ -5,16 +5,7 @@
 #   scripts/gpu_run.sh gpt2 [llama-1b ...]      extra pytest args via GAP_ARGS
 set -uo pipefail
 cd "$(dirname "$0")/.."
-X=/tmp/debs
-mkdir -p "$X" && for f in .deb/*.deb; do dpkg -x "$f" "$X"; done
-export PATH="$X/usr/sbin:$X/usr/bin:$X/sbin:$X/bin:$PATH"
-export LD_LIBRARY_PATH="$X/usr/lib/x86_64-linux-gnu:$X/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PYTHONUNBUFFERED=1
-# pedantic(teardown=...) needs pytest-benchmark >= 5: bring the tested one where it is older
-if ! python3 -c "import pytest_benchmark, sys; sys.exit(int(pytest_benchmark.__version__.split('.')[0]) < 5)"; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/pytest_benchmark-*.whl
-  export PYTHONPATH=/tmp/site
-fi
+. scripts/gpu_env.sh
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -119,6 +119,10 @@ BAD_INPUT = {
                               [r"\b600\b", r"context of 512"]),
     "sys-unknown-model": (["--mode", "sys_simulated", "--phase", "decode", "--model", "nosuch"],
                           [r"unknown model 'nosuch'"]),
+    "link-rate-0": (["--mode", "naive", "--phase", "prefill", "--link-gbps", "0"],
+                    [r"--link-gbps 0", r"> 0"]),
+    "link-rate-real-host": (["--mode", "naive", "--phase", "prefill", "--link-gbps", "10",
+                             "--gpu_host_ip", "10.213.255.254"], [r"--link-gbps", r"real link"]),
 }
 
 

@@ -65,11 +65,28 @@ def test_semantic_gap_shows_in_bytes(smoke):
         assert naive > 10 * sys_ > 0 and local < 10_000, (phase, naive, sys_, local)
 
 
+def test_time_breakdown_is_measured_and_covers_the_round(smoke):
+    """Every part comes from a clock or the capture; together they cover each round's wall-clock
+    (the issue's 5%), and none is negative beyond clock resolution (event order is consistent)."""
+    for name, bench in cells(smoke[1]).items():
+        for r in (r for r in bench["extra_info"]["rounds"] if not r["warmup"]):
+            a = r["analysis"]
+            assert a["time_complete"], (name, a["time"], r["timeline"])
+            assert 0.95 <= a["time_parts_sum_ratio"] <= 1.05, (name, a["time_parts_sum_ratio"], a["time"])
+            assert min(a["time"].values()) > -1e-3, (name, a["time"])
+            if "local" not in name:
+                assert r["timeline"]["calls_placed"] == r["calls"], (name, r["timeline"])
+                assert a["time"]["wire_tx_s"] > 0 and a["time"]["wire_rx_s"] >= 0, (name, a["time"])
+
+
 def test_report_writes_table_csv_and_plots(smoke, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness.report", str(smoke[2]), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| decode | naive |" in proc.stdout
+    for check in ("iperf3 Gbit/s (1/4/16 streams; unshaped)", "naive RPC path ÷ iperf3", "latency probe on ÷ off",
+                  "local loop ÷ generate()", "payload closure error", "time parts ÷ wall-clock"):
+        assert check in proc.stdout, f"harness check {check!r} missing from the report"
     for name in ("table.md", "table.csv", "link_bytes.png", "latency_s.png"):
         assert (tmp_path / name).stat().st_size > 0, name
 
@@ -122,6 +139,8 @@ def test_cells_refuse_to_run_concurrently():
     (["--gap-model", "nosuch"], "unknown model 'nosuch'"),
     (["--gap-compare-fail", "speed:5"], "expected METRIC:N%"),
     (["--gap-prompt-len", "600"], "exceeds tiny's context of 512"),
+    (["--gap-link-gbps", "-1"], "--gap-link-gbps -1.0 must be > 0"),
+    (["--gap-link-gbps", "10", "--gap-gpu-addr", "10.213.255.254"], "shapes the embedded link only"),
 ])
 def test_bad_options_fail_at_parse_time(args, needle):
     proc = run_suite(*args, timeout=120)

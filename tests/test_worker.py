@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from harness.models import ModelSpec, build_model, forward_step, load_config, prompt_ids
+from harness.payload import Packed, unpack_kv
 from harness.worker import RemoteWorker
 
 PROMPT_LEN = 16
@@ -50,19 +51,23 @@ def test_stateless_forward_shapes_and_growth(client, worker):
     reply = worker.run_stateless_forward_remote(sd, prompt)
     assert reply.logits.shape == (1, config.vocab_size)
     assert reply.kv_cache_id is None
-    kv = reply.kv_cache
-    assert isinstance(kv, list) and len(kv) == config.n_layer
+    assert isinstance(reply.kv_cache, Packed) and len(reply.kv_cache.buffers) == 1, "one tensor on the wire"
+    kv = unpack_kv(reply.kv_cache)
+    assert len(kv) == config.n_layer
     for k, v in kv:
         assert k.shape == v.shape
         assert k.shape[-2] == PROMPT_LEN
         assert k.device.type == "cpu"
-    assert set(reply.server_s) == {"load_s", "h2d_s", "compute_s", "d2h_s"}
+    assert set(reply.server_s) == {"load_s", "h2d_s", "compute_s", "d2h_s", "dispatch_s"}
+    entered, left = reply.stamps_s
+    assert 0 <= sum(reply.server_s.values()) <= left - entered, "the timers cover part of the method"
 
     before = [(k.clone(), v.clone()) for k, v in kv]
-    reply2 = worker.run_stateless_forward_remote(sd, _next_token(reply.logits), kv)
+    reply2 = worker.run_stateless_forward_remote(sd, _next_token(reply.logits), reply.kv_cache)
     assert reply2.logits.shape == (1, config.vocab_size)
-    assert len(reply2.kv_cache) == config.n_layer
-    for (k2, v2), (k, v) in zip(reply2.kv_cache, before):
+    kv2 = unpack_kv(reply2.kv_cache)
+    assert len(kv2) == config.n_layer
+    for (k2, v2), (k, v) in zip(kv2, before):
         assert k2.shape[-2] == PROMPT_LEN + 1 and v2.shape[-2] == PROMPT_LEN + 1
         # the old positions come back unchanged, the kv we sent is not modified in place
         assert torch.equal(k2[..., :PROMPT_LEN, :], k) and torch.equal(v2[..., :PROMPT_LEN, :], v)
