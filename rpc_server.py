@@ -12,8 +12,7 @@ import os
 import sys
 import threading
 
-from harness import rpc
-from harness.alloc import keep_freed_memory
+from harness import alloc, rpc
 from harness.errors import UsageError
 from harness.server import READY
 from harness.worker import RemoteWorker  # noqa: F401  (the class the client instantiates here)
@@ -55,11 +54,12 @@ def main(argv=None) -> int:
         return 2
     if args.device:
         os.environ["SGAP_DEVICE"] = args.device
-    kept = args.malloc == "keep" and keep_freed_memory()
+    if args.malloc == "keep":
+        alloc.keep_freed_memory()
     if args.lifeline:
         hold_lifeline()
-    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}, malloc "
-          f"{'keep' if kept else 'system'}) pid {os.getpid()}", flush=True)
+    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}, malloc {alloc.POLICY}) "
+          f"pid {os.getpid()}", flush=True)
     from torch.distributed import rpc as torch_rpc
     rpc.init(cfg, rpc.WORKER_NAME, rank=0, iface=iface)
     torch_rpc.shutdown()  # serves until the client, too, calls shutdown

@@ -28,4 +28,10 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # arena max first: threads that start later (TensorPipe's) then share the main arena
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    applied = [mallopt(param, value) == 1 for param, value in settings]  # every one, even after a refusal
+    global POLICY
+    POLICY = "keep" if all(applied) else "partly kept" if any(applied) else "system"
+    return all(applied)
+
+
+POLICY = "system"  # what this process runs with; the worker reports it (stats_remote)

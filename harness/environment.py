@@ -6,6 +6,8 @@ import subprocess
 
 import torch
 
+from harness.modes import call
+
 
 def versions() -> dict:
     import transformers
@@ -40,4 +42,6 @@ def describe_testbed(bed, opts) -> dict:
             "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),
             "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
             "model": opts.spec.name, "dtype": opts.spec.dtype,
-            "device": opts.resolved_device}
+            "device": opts.resolved_device,
+            # the worker's host-memory policy changes what the naive mode's receive costs (alloc.py)
+            "worker_malloc": call(bed.worker(opts.spec), "stats_remote")["malloc"]}

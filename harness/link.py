@@ -54,9 +54,11 @@ def iperf3(link: Link, streams: int = 1, seconds: float = 3.0, port: int = 5201)
 def _start_servers(link: Link, ports: list[int]) -> subprocess.Popen:
     one = f"iperf3 -s -1 --forceflush -B {shlex.quote(link.gpu_addr)} -p"
     script = (f"trap 'kill 0' TERM HUP; for p in {' '.join(map(str, ports))}; do {one} $p & done; wait")
-    # a terminal over ssh: the servers get SIGHUP however the session ends
+    # a terminal over ssh: the servers get SIGHUP however the session ends. A session of its own
+    # here: `ip netns exec` becomes the shell, and `kill 0` in our process group would kill us
     return subprocess.Popen(link.host.argv(["sh", "-c", script], tty=True), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _wait_listening(server: subprocess.Popen, ports: list[int], timeout_s: float = 10.0) -> None:

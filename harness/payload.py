@@ -5,7 +5,9 @@ Counting rule (stated once, used everywhere): a tensor costs the bytes of its *s
 storage shared by several tensors counts once per message. That is what torch RPC's pickler puts
 on the wire: it ships storages, not views, and a storage referenced twice in one message crosses
 once. So GPT-2's tied `lm_head.weight`/`transformer.wte.weight` is counted once (FIELD-NOTES: the
-wire carried ~249.5 MB of a 326 MB fp16 state_dict), and a slice costs its whole base storage.
+wire carried ~249.5 MB of a 326 MB fp16 state_dict). The remote modes send Packed buffers (below):
+their storages are the buffers, which hold each distinct tensor's own elements once (a slice packs
+its elements, not its base storage; a tied pair packs once).
 """
 from __future__ import annotations
 

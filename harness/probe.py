@@ -82,6 +82,9 @@ class RoundProbe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.capture_on:
             bpf = f"tcp and host {self.link.gpu_addr}"
+            ssh = self.link.host.ssh
+            if ssh:  # dmon's lines and the worker's ssh session are not the experiment's traffic
+                bpf += f" and not port {ssh.port or 22}"
             self._cap = Capture(self.link.client_iface, self.workdir / "round.pcap", bpf_filter=bpf)
             self._cap.start()
         if self.dmon_on:

@@ -128,7 +128,7 @@ def time_rows(infos) -> list[dict]:
                "Latency (s)": f"{info['summary']['latency_s']['mean']:.4f}"}
         row |= {k: _num(t.get(k), lambda v: f"{v:.4f}") for k in TIME_PARTS}
         row["sum / latency"] = _num(ratio, lambda v: f"{v:.3f}") if info["summary"].get("time_complete") \
-            else "n/a (no capture: wire and serdes not measured)"
+            else "n/a (wire, serdes unmeasured: capture off, or a call with no data packet seen)"
         rows.append(row)
     return rows
 

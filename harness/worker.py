@@ -163,7 +163,8 @@ class RemoteWorker:
     def stats_remote(self) -> dict:
         import psutil
         cuda = self.device.type == "cuda"
-        return {"sessions": len(self.caches),
+        from harness import alloc
+        return {"sessions": len(self.caches), "malloc": alloc.POLICY,
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,
                 "device": str(self.device),

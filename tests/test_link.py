@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
 from harness import netns
-from harness.link import iperf3
+from harness.link import _start_servers, _wait_listening, iperf3
 
 needs_root = pytest.mark.skipif(not netns.can_make_namespaces(), reason="needs root to make a namespace")
 
@@ -39,3 +40,26 @@ def test_shaping_failure_leaves_nothing():
         netns.create(slot=8, rate_gbps=1e-9)  # tc cannot parse "1e-09gbit"
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"{netns.NETNS_PREFIX}{os.getpid()}-8" not in listing
+
+
+@needs_root
+def test_stopping_iperf3_servers_spares_the_caller():
+    """The servers' shell stops them with `kill 0`: that must reach its own group only (without a
+    session of its own, `ip netns exec` left it in ours and the signal killed pytest too)."""
+    link = netns.create(slot=9)
+    try:
+        ports = [5301, 5302]
+        shell = _start_servers(link, ports)
+        _wait_listening(shell, ports)
+        shell.terminate()
+        shell.wait(5)
+        deadline = time.monotonic() + 5
+        while (left := _pids_in(link.netns)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, f"iperf3 servers left in the namespace: {left}"
+    finally:
+        netns.destroy(link)  # reached at all: the caller survived
+
+
+def _pids_in(ns: str) -> list[str]:
+    return subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
