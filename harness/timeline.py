@@ -6,6 +6,12 @@ timeline (the client's wall clock; the server's stamps shifted by the measured c
     entered ─ the server's method: its own timers (load, h2d, compute, d2h) + the rest ─ left
     left ─server_ser─ first reply byte ─wire_rx─ last reply byte ─client_deser─ returned
 
+The request is the client's data packets between sending and the server's entering its method,
+the reply the server's data packets between its leaving and the client's return: the client sends
+data packets of its own while the server works (TensorPipe's), so the server's stamps must bound
+the request. Over two hosts an offset error larger than the server's receive or send time (its
+bound: half of clock_rtt_s) would move a packet across; on one kernel the offset is 0.
+
 client_ser: Python's RPC call, pickling, TensorPipe's descriptors until the first data byte
 leaves. wire_tx/wire_rx: first to last data-carrying packet of each direction, as the client's
 interface saw them. server_deser: the rest of the request's arrival, unpickling and the hand-over
