@@ -11,7 +11,6 @@ from fixtures.options import suite_options
 from harness.baseline import compare
 from harness.engine import run_phase
 from harness.models import forward_step, load_config, prompt_ids
-from harness.modes import NaiveBackend
 
 
 @pytest.mark.cell

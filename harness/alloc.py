@@ -18,20 +18,21 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 NEVER_TRIM = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top is kept
 
+POLICY = "system"  # what this process runs with; the worker reports it (stats_remote)
 
-def keep_freed_memory() -> bool:
-    """Apply the policy; False where the C library has no mallopt (not glibc): nothing changed."""
+
+def keep_freed_memory() -> str:
+    """Apply the policy; returns POLICY as it now stands ("system" where the C library has no
+    mallopt, i.e. is not glibc: nothing changed)."""
+    global POLICY
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
-        return False
+        return POLICY
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # arena max first: threads that start later (TensorPipe's) then share the main arena
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
     applied = [mallopt(param, value) == 1 for param, value in settings]  # every one, even after a refusal
-    global POLICY
     POLICY = "keep" if all(applied) else "partly kept" if any(applied) else "system"
-    return all(applied)
+    return POLICY
 
-
-POLICY = "system"  # what this process runs with; the worker reports it (stats_remote)

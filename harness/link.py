@@ -6,7 +6,6 @@ import re
 import shlex
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

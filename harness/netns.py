@@ -94,17 +94,16 @@ def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: fl
         _ip("-n", ns, "link", "set", vg, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         if rate_gbps:
-            shape([], vc, rate_gbps)
-            shape(["-n", ns], vg, rate_gbps)
-            spread_receive([], vc)
-            spread_receive(["ip", "netns", "exec", ns], vg)
+            for side, dev in ((None, vc), (ns, vg)):
+                shape(side, dev, rate_gbps)
+                spread_receive(side, dev)
     except NetnsError:
         destroy_names(ns, vc)
         raise
     return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns), rate_gbps)
 
 
-def spread_receive(prefix: list[str], dev: str) -> None:
+def spread_receive(ns: str | None, dev: str) -> None:
     """Receive packet steering on dev over all CPUs. A token bucket releases every lane's
     packets from one CPU, and without RPS that CPU's backlog (netdev_max_backlog packets)
     overflowed on the H100 host: 2-6% of a shaped naive call's bytes were retransmissions."""
@@ -113,25 +112,28 @@ def spread_receive(prefix: list[str], dev: str) -> None:
     words = [(every >> (32 * i)) & 0xFFFFFFFF for i in range((cpus + 31) // 32)]
     mask = ",".join(f"{w:x}" for w in reversed(words))  # sysfs wants 32-bit groups, high first
     path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
-    out = subprocess.run([*prefix, "sh", "-c", f"echo {mask} > {path}"], capture_output=True, text=True)
+    # /sys shows the namespace's own devices only from inside it
+    inside = ["ip", "netns", "exec", ns] if ns else []
+    out = subprocess.run([*inside, "sh", "-c", f"echo {mask} > {path}"], capture_output=True, text=True)
     if out.returncode != 0:
         raise NetnsError(f"receive steering on {dev} failed: {out.stderr.strip()} (writing {path})")
 
 
-def shape(netns_args: list[str], dev: str, rate_gbps: float) -> None:
+def shape(ns: str | None, dev: str, rate_gbps: float) -> None:
     """A token bucket on dev's egress: the emulated link gets a line rate, as a NIC has.
 
     Unshaped, a veth is as fast as the CPUs copy, and iperf3's cache-resident buffers copy far
     faster than any application's data (on the H100 host 16 streams read 316 Gbit/s): a figure
     no real link between two hosts shows. The bucket holds 1 ms of traffic (at least 256 KB,
-    so 64 KB GSO segments pass whole). The queue holds 100 ms (at most 4 GB, tc's limit): a
-    NIC pushes back on its host instead of dropping, and with 10 ms the H100 host dropped
-    enough for 2-3% of a naive call's bytes to be retransmissions."""
+    so 64 KB GSO segments pass whole). The queue holds 100 ms (at most 4 GB, tc's limit), so
+    that the bucket queues rather than drops, as a NIC pushes back on its host. The
+    retransmissions the H100 host showed (2-6% of a naive call's bytes, with a 10 ms queue and
+    with this one alike) went only with spread_receive."""
     bytes_per_s = rate_gbps * 1e9 / 8
     burst = max(256_000, int(bytes_per_s * 1e-3))
     limit = min(2**32 - 1, max(4 * burst, int(bytes_per_s * 0.1)))
     try:
-        out = subprocess.run(["tc", *netns_args, "qdisc", "replace", "dev", dev, "root", "tbf",
+        out = subprocess.run(["tc", *(["-n", ns] if ns else []), "qdisc", "replace", "dev", dev, "root", "tbf",
                               "rate", f"{rate_gbps:g}gbit", "burst", str(burst), "limit", str(limit)],
                              capture_output=True, text=True)
     except FileNotFoundError:

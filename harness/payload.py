@@ -11,6 +11,7 @@ its elements, not its base storage; a tied pair packs once).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -21,6 +22,8 @@ KV = list  # list[tuple[Tensor, Tensor]]: per layer (keys, values), each [batch,
 def _tensors(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
+    elif isinstance(obj, Packed):  # its buffers; walking its entries table cost 0.43 ms a gpt2 call
+        yield from obj.buffers.values()
     elif isinstance(obj, dict):
         for v in obj.values():
             yield from _tensors(v)
@@ -69,17 +72,15 @@ def pack(tensors: dict | list) -> Packed:
     """dict name -> tensor, or list of tensors -> Packed, on the tensors' device. A tensor that
     appears twice (tied weights: the same storage, offset, shape and strides) is stored once."""
     items = tensors.items() if isinstance(tensors, dict) else enumerate(tensors)
-    where, entries, sizes = {}, [], {}
+    where, entries, sizes, first = {}, [], {}, {}
     for key, t in items:
         dt = _dtype_name(t)
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), t.stride())
         if ident not in where:
             where[ident] = (t, sizes.get(dt, 0))
             sizes[dt] = sizes.get(dt, 0) + t.numel()
+            first.setdefault(dt, t)  # dtype and device of that dtype's buffer
         entries.append((key, dt, where[ident][1], tuple(t.shape)))
-    first = {}
-    for t, _ in where.values():
-        first.setdefault(_dtype_name(t), t)
     buffers = {dt: torch.empty(n, dtype=first[dt].dtype, device=first[dt].device) for dt, n in sizes.items()}
     for t, off in where.values():
         buffers[_dtype_name(t)][off:off + t.numel()].copy_(t.reshape(-1))
@@ -92,15 +93,8 @@ def _dtype_name(t: torch.Tensor) -> str:
 
 def unpack(p: Packed) -> dict | list:
     """Views into p's buffers: a dict if packed from one, else a list."""
-    views = [(key, p.buffers[dt][off:off + _numel(shape)].view(shape)) for key, dt, off, shape in p.entries]
+    views = [(key, p.buffers[dt][off:off + math.prod(shape)].view(shape)) for key, dt, off, shape in p.entries]
     return [v for _, v in views] if views and isinstance(views[0][0], int) else dict(views)
-
-
-def _numel(shape: tuple) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def pack_kv(kv: KV) -> Packed:

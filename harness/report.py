@@ -139,46 +139,60 @@ def _first_measured(info) -> dict:
 
 def harness_rows(infos, controls: dict, link: dict | None) -> list[dict]:
     """The harness's own evidence: is the link measured, is the RPC path fast enough, what does
-    the probe cost, is the baseline honest, does the payload model close, do the parts add up."""
-    rows = []
-    if link and "note" not in link:
-        figures = " / ".join(f"{v:.1f}" for k, v in link.items() if k.startswith("iperf3_gbps_"))
-        streams = "/".join(k.split("_")[2] for k in link if k.startswith("iperf3_gbps_"))
-        shaped = f"; shaped to {link['shaped_gbps']:g}" if link.get("shaped_gbps") else "; unshaped"
-        rows.append({"Check": f"iperf3 Gbit/s ({streams} streams{shaped})", "Figure": figures, "Target": "-"})
+    the probe cost, is the baseline honest, does the payload model close, do the parts add up.
+    A check with nothing to show in this run (no link, no controls run) has no row."""
     summaries = {f"{i['phase']}-{i['mode']}": i["summary"] for i in infos}
-    naive = {k: v.get("wire_vs_iperf", {}).get("mean") for k, v in summaries.items() if k.endswith("-naive")}
-    if any(v is not None for v in naive.values()):
-        rows.append({"Check": "naive RPC path ÷ iperf3 (as many streams as lanes)",
-                     "Figure": ", ".join(f"{k.split('-')[0]} {v:.2f}" for k, v in naive.items() if v is not None),
-                     "Target": f">= {RPC_BOUND}"})
-    cap = controls.get("capture_overhead")
-    if cap:
-        q1, q3 = cap.get("on_over_off_iqr", (None, None))
-        iqr = f" [quartiles {q1:.3f}-{q3:.3f}, {len(cap['latency_on_s'])} pairs]" if q1 else ""
-        rows.append({"Check": "latency probe on ÷ off (naive prefill)", "Figure": f"{cap['on_over_off']:.3f}{iqr}",
-                     "Target": "<= 1.02"})
-    shares = {k: v.get("analysis_share", {}).get("mean") for k, v in summaries.items()}
-    if any(v is not None for v in shares.values()):
-        k, v = max(((k, v) for k, v in shares.items() if v is not None and "local" not in k), key=lambda kv: kv[1],
-                   default=(None, None))
-        if k:
-            rows.append({"Check": "capture analysis ÷ round (worst remote cell)", "Figure": f"{v * 100:.1f}% ({k})",
-                         "Target": "<= 5%"})
-    base = controls.get("local_vs_generate")
-    if base:
-        rows.append({"Check": "local loop ÷ generate(), time per token", "Figure": f"{base['loop_over_generate']:.2f}",
-                     "Target": "<= 1.05"})
-    errors = [(k, v["closure_error"]["mean"]) for k, v in summaries.items()
-              if "ok" in v.get("closure_verdicts", []) or "INVALID" in v.get("closure_verdicts", [])]
-    if errors:
-        rows.append({"Check": "payload closure error (cells >= 1 MB)",
-                     "Figure": ", ".join(f"{k} {e * 100:+.2f}%" for k, e in errors), "Target": "within ±2%"})
-    sums = [v["time_parts_sum_ratio"]["mean"] for v in summaries.values() if v.get("time_parts_sum_ratio", {}).get("mean")]
-    if sums:
-        rows.append({"Check": "time parts ÷ wall-clock (all cells)", "Figure": f"{min(sums):.3f} - {max(sums):.3f}",
-                     "Target": "0.95 - 1.05"})
-    return rows
+    rows = [_link_row(link), _rpc_path_row(summaries), _probe_cost_row(controls.get("capture_overhead")),
+            _analysis_row(summaries), _baseline_row(controls.get("local_vs_generate")),
+            _closure_row(summaries), _time_sum_row(summaries)]
+    return [{"Check": c, "Figure": f, "Target": t} for c, f, t in filter(None, rows)]
+
+
+def _link_row(link):
+    iperf = {k.split("_")[2]: v for k, v in (link or {}).items() if k.startswith("iperf3_gbps_")}
+    if not iperf:
+        return None
+    shaped = f"shaped to {link['shaped_gbps']:g}" if link.get("shaped_gbps") else "unshaped"
+    return (f"iperf3 Gbit/s ({'/'.join(iperf)} streams; {shaped})",
+            " / ".join(f"{v:.1f}" for v in iperf.values()), "-")
+
+
+def _rpc_path_row(summaries):
+    naive = {k.split("-")[0]: v.get("wire_vs_iperf", {}).get("mean") for k, v in summaries.items()
+             if k.endswith("-naive")}
+    figure = ", ".join(f"{phase} {v:.2f}" for phase, v in naive.items() if v is not None)
+    return figure and ("naive RPC path ÷ iperf3 (as many streams as lanes)", figure, f">= {RPC_BOUND}")
+
+
+def _probe_cost_row(cap):
+    if not cap:
+        return None
+    q1, q3 = cap.get("on_over_off_iqr", (None, None))
+    iqr = f" [quartiles {q1:.3f}-{q3:.3f}, {len(cap['latency_on_s'])} pairs]" if q1 else ""
+    return "latency probe on ÷ off (naive prefill)", f"{cap['on_over_off']:.3f}{iqr}", "<= 1.02"
+
+
+def _analysis_row(summaries):
+    shares = [(v.get("analysis_share", {}).get("mean"), k) for k, v in summaries.items() if "local" not in k]
+    worst = max((s for s in shares if s[0] is not None), default=None)
+    return worst and ("capture analysis ÷ round (worst remote cell)", f"{worst[0] * 100:.1f}% ({worst[1]})", "<= 5%")
+
+
+def _baseline_row(base):
+    return base and ("local loop ÷ generate(), time per token", f"{base['loop_over_generate']:.2f}", "<= 1.05")
+
+
+def _closure_row(summaries):
+    judged = [(k, v["closure_error"]["mean"]) for k, v in summaries.items()
+              if any(not verdict.startswith("n/a") for verdict in v.get("closure_verdicts", []))]
+    figure = ", ".join(f"{k} {e * 100:+.2f}%" for k, e in judged)
+    return figure and ("payload closure error (cells >= 1 MB)", figure, "within ±2%")
+
+
+def _time_sum_row(summaries):
+    sums = [v["time_parts_sum_ratio"]["mean"] for v in summaries.values()
+            if v.get("time_parts_sum_ratio", {}).get("mean")]
+    return sums and ("time parts ÷ wall-clock (all cells)", f"{min(sums):.3f} - {max(sums):.3f}", "0.95 - 1.05")
 
 
 def full_report(infos, controls: dict | None = None, link: dict | None = None) -> str:

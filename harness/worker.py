@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from harness import alloc
 from harness.gpu import make_sampler
 from harness.models import ModelSpec, build_model, default_device, forward_step
 from harness.payload import Packed, cache_to_kv, kv_to_cache, pack_kv, unpack, unpack_kv
@@ -35,7 +36,7 @@ from harness.timing import Clock
 
 class Reply(NamedTuple):
     logits: torch.Tensor                 # [1, vocab] on the CPU, model dtype
-    kv_cache: Packed | None = None       # stateless only: the whole new cache, on the CPU (pack_kv)
+    kv_cache: Packed | list | None = None  # stateless: the whole new cache on the CPU (pack_kv); echo: a list
     kv_cache_id: str | None = None       # stateful only
     server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s","dispatch_s"}
     stamps_s: tuple | None = None        # (entered, left): the server's time.time() around the method
@@ -163,7 +164,6 @@ class RemoteWorker:
     def stats_remote(self) -> dict:
         import psutil
         cuda = self.device.type == "cuda"
-        from harness import alloc
         return {"sessions": len(self.caches), "malloc": alloc.POLICY,
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from harness import testbed as tb  # noqa: E402
 from harness.analysis import breakdown  # noqa: E402
+from harness.engine import run_phase  # noqa: E402
 from harness.link import iperf3  # noqa: E402
 from harness.models import ModelSpec, build_model, load_config, prompt_ids  # noqa: E402
 from harness.modes import NaiveBackend  # noqa: E402
@@ -35,19 +36,15 @@ SETUPS = {  # name -> (capture, dmon, sampler)
 
 
 def one_call(bed, backend, prompt, probe, iperf):
-    t_start = time.perf_counter()
+    began = time.perf_counter()
     probe.start()
-    t_start = time.perf_counter() - t_start
+    probe_start_s = time.perf_counter() - began
     c0 = bed.counters()
-    t0 = time.time()
-    backend.prefill(prompt)
-    latency = time.time() - t0
+    result = run_phase(backend, prompt, "prefill", 0)
     c1 = bed.counters()
-    probe.stop()
-    stamps = backend.tally.stamps[-1:]
-    r = {"latency_s": latency, "calls": 1, "rpc_s": stamps[0][3] - stamps[0][0], "server_s": {},
-         "call_stamps": stamps, "timeline": call_timeline(stamps, probe.packets, 0.0),
-         "probe_start_s": t_start}
+    reading = probe.stop()
+    r = result.to_dict() | {"probe_start_s": probe_start_s,
+                            "timeline": call_timeline(result.call_stamps, probe.packets, reading.clock_offset_s)}
     return r, breakdown(r, c1[0] - c0[0] + c1[1] - c0[1], iperf)
 
 
