@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.dmon import parse_dmon
+from harness.measure.dmon import parse_dmon
 
 
 def fail(msg: str) -> None:

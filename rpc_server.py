@@ -12,10 +12,11 @@ import os
 import sys
 import threading
 
-from harness import alloc, rpc
+from harness.compute import hostmem
+from harness.compute.worker import RemoteWorker  # noqa: F401  (the class the client instantiates here)
 from harness.errors import UsageError
-from harness.server import READY
-from harness.worker import RemoteWorker  # noqa: F401  (the class the client instantiates here)
+from harness.testbed import rpc
+from harness.testbed.launcher import READY
 
 
 def parse_args(argv):
@@ -26,7 +27,7 @@ def parse_args(argv):
     p.add_argument("--device", help="torch device for the worker (default: cuda if present)")
     p.add_argument("--malloc", choices=("keep", "system"), default="keep",
                    help="keep: freed host memory stays in the process, so each call's receive buffers "
-                        "reuse pages instead of faulting fresh ones (harness/alloc.py); system: glibc's default")
+                        "reuse pages instead of faulting fresh ones (harness/compute/hostmem.py); system: glibc's default")
     p.add_argument("--lifeline", action="store_true",
                    help="exit when stdin closes: the launcher (or its ssh session) is gone")
     return p.parse_args(argv)
@@ -55,10 +56,10 @@ def main(argv=None) -> int:
     if args.device:
         os.environ["SGAP_DEVICE"] = args.device
     if args.malloc == "keep":
-        alloc.keep_freed_memory()
+        hostmem.keep_freed_memory()
     if args.lifeline:
         hold_lifeline()
-    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}, malloc {alloc.POLICY}) "
+    print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}, malloc {hostmem.POLICY}) "
           f"pid {os.getpid()}", flush=True)
     from torch.distributed import rpc as torch_rpc
     rpc.init(cfg, rpc.WORKER_NAME, rank=0, iface=iface)

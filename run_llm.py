@@ -24,9 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    from harness.engine import PHASES
-    from harness.modes import MODES
-    from harness.rpc import CHANNELS, DEFAULT_CHANNEL
+    from harness.compute.modes import MODES
+    from harness.compute.phase import PHASES
+    from harness.testbed.rpc import CHANNELS, DEFAULT_CHANNEL
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--phase", required=True, choices=PHASES)
@@ -46,7 +46,7 @@ def parse_args(argv):
 
 def build_request(args):
     """Validate everything that can be checked before anything starts."""
-    from harness.models import ModelSpec, default_device, load_config, max_positions
+    from harness.compute.models import ModelSpec, default_device, load_config, max_positions
     device = args.device or default_device()
     dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
     spec = ModelSpec(args.model, dtype, args.seed)
@@ -67,10 +67,10 @@ def build_request(args):
 
 
 def run(args) -> dict:
-    from harness.engine import run_phase
-    from harness.models import build_model, prompt_ids
-    from harness.modes import LocalBackend, NaiveBackend, SysBackend
-    from harness.testbed import testbed
+    from harness.compute.models import build_model, prompt_ids
+    from harness.compute.modes import LocalBackend, NaiveBackend, SysBackend
+    from harness.compute.phase import run_phase
+    from harness.testbed.bed import testbed
 
     spec, config, device = build_request(args)
     prompt = prompt_ids(config, args.prompt_len, args.seed)

@@ -6,9 +6,9 @@ import pytest
 
 from fixtures.cells import baseline_gate
 from fixtures.options import suite_options
-from harness.engine import PHASES
-from harness.invariants import check_cell
-from harness.modes import MODES
+from harness.compute.modes import MODES
+from harness.compute.phase import PHASES
+from harness.report.invariants import check_cell
 
 CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
 

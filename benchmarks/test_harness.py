@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fixtures.options import suite_options
-from harness.baseline import compare
-from harness.engine import run_phase
-from harness.models import forward_step, load_config, prompt_ids
+from harness.compute.baseline import compare
+from harness.compute.models import forward_step, load_config, prompt_ids
+from harness.compute.phase import run_phase
 
 
 @pytest.mark.cell

@@ -13,10 +13,10 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
-from harness.analysis import CellContext, analyse_round
-from harness.engine import PhaseResult, run_phase
-from harness.probe import ProbeReading, RoundProbe
-from harness.timeline import call_timeline
+from harness.compute.phase import PhaseResult, run_phase
+from harness.measure.probe import ProbeReading, RoundProbe
+from harness.measure.timeline import call_timeline
+from harness.report.analysis import CellContext, analyse_round
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RoundRecord:
     warmup: bool
     result: PhaseResult
     probe: ProbeReading
-    timeline: dict | None = None   # harness.timeline parts summed over the round's calls
+    timeline: dict | None = None   # harness.measure.timeline parts summed over the round's calls
     analysis_s: float | None = None  # reading the capture + placing the calls on the timeline
 
     def to_dict(self) -> dict:

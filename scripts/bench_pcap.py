@@ -1,4 +1,4 @@
-"""How fast harness/capture.py reads a round's capture: the old pure-Python walk
+"""How fast harness/measure/pcap.py reads a round's capture: the old pure-Python walk
 (_read_pcap_scalar, the reference) against read_pcap, on a synthetic pcap shaped like
 `tcpdump -s 128` on the testbed's veth: 64 KB GSO TCP segments one way, ACKs the other.
     python scripts/bench_pcap.py [--packets 360000] [--repeat 9]"""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.capture import _read_pcap_scalar, read_pcap  # noqa: E402
+from harness.measure.pcap import _read_pcap_scalar, read_pcap  # noqa: E402
 
 CLIENT, GPU = "10.0.0.1", "10.0.0.2"
 SNAPLEN = 128

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from harness.models import ModelSpec, build_model, default_device, prompt_ids  # noqa: E402
-from harness.worker import RemoteWorker  # noqa: E402
+from harness.compute.models import ModelSpec, build_model, default_device, prompt_ids  # noqa: E402
+from harness.compute.worker import RemoteWorker  # noqa: E402
 
 
 def worker_tpot(w: RemoteWorker, prompt, steps: int) -> float:

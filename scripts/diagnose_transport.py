@@ -4,7 +4,7 @@
 
 Runs prefill-sized stateless calls (the whole state_dict each time) under several probe set-ups,
 round-robin so drift hits all alike, and prints per set-up the median call latency, and with the
-capture on the median of each part of harness.timeline and the RPC path's throughput against
+capture on the median of each part of harness.measure.timeline and the RPC path's throughput against
 iperf3 on the same link. Set-ups: bare, capture (tcpdump), sampler (NVML on the GPU host), dmon,
 all (what the suite runs).
 """
@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from harness import testbed as tb  # noqa: E402
-from harness.analysis import breakdown  # noqa: E402
-from harness.engine import run_phase  # noqa: E402
-from harness.link import iperf3  # noqa: E402
-from harness.models import ModelSpec, build_model, load_config, prompt_ids  # noqa: E402
-from harness.modes import NaiveBackend  # noqa: E402
-from harness.probe import RoundProbe, WorkerSampler  # noqa: E402
-from harness.timeline import call_timeline  # noqa: E402
+from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids  # noqa: E402
+from harness.compute.modes import NaiveBackend  # noqa: E402
+from harness.compute.phase import run_phase  # noqa: E402
+from harness.measure.iperf import iperf3  # noqa: E402
+from harness.measure.probe import RoundProbe, WorkerSampler  # noqa: E402
+from harness.measure.timeline import call_timeline  # noqa: E402
+from harness.report.analysis import breakdown  # noqa: E402
+from harness.testbed import bed as tb  # noqa: E402
 
 SETUPS = {  # name -> (capture, dmon, sampler)
     "bare": (False, False, False), "capture": (True, False, False), "sampler": (False, False, True),
@@ -51,8 +51,7 @@ def one_call(bed, backend, prompt, probe, iperf):
 def echo(worker, backend, iperf, calls):
     """The naive request and reply sizes through echo_remote (no server work), as many tensors
     as the model has and as one tensor each way: what per-tensor handling costs the RPC path."""
-    from harness.payload import tensor_bytes
-    from harness.payload import unpack
+    from harness.compute.packing import tensor_bytes, unpack
     many_req = (unpack(backend.weights), unpack(backend.kv))
     one_req = torch.empty(tensor_bytes(many_req), dtype=torch.uint8)
     kv_sizes = [t.nbytes for t in unpack(backend.kv)]
@@ -77,12 +76,12 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=10, help="per set-up")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--setups", default=",".join(SETUPS))
-    p.add_argument("--client-keeps-memory", action="store_true", help="harness.alloc policy here too")
+    p.add_argument("--client-keeps-memory", action="store_true", help="harness.compute.hostmem policy here too")
     p.add_argument("--link-gbps", type=float, default=None, help="shape the veth to this rate")
     p.add_argument("--echo", action="store_true", help="also the RPC path alone: payloads split differently")
     args = p.parse_args()
     if args.client_keeps_memory:
-        from harness.alloc import keep_freed_memory
+        from harness.compute.hostmem import keep_freed_memory
         print("client keeps freed memory:", keep_freed_memory())
     spec = ModelSpec(args.model, args.dtype)
     setups = args.setups.split(",")

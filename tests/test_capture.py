@@ -1,12 +1,13 @@
-"""Tests for harness/capture.py: pcap parsing on synthetic files, and a real tcpdump on lo."""
+"""Tests for harness/measure/pcap.py (pcap parsing on synthetic files) and harness/measure/tcpdump.py
+(a real tcpdump on lo, its file read back)."""
 
 import os
+import random
 import re
 import shutil
 import socket
 import struct
 import subprocess
-import random
 import threading
 import time
 from pathlib import Path
@@ -14,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import capture
-from harness.capture import (A_TO_B, B_TO_A, OTHER, Capture, CaptureStats, PcapPackets, PcapTotals,
-                             _address_maps, _check_header, _classify_record, _read_pcap_scalar,
-                             _record_offsets, read_pcap)
+from harness.measure import pcap
+from harness.measure.pcap import (A_TO_B, B_TO_A, OTHER, PcapPackets, PcapTotals, _address_maps,
+                                  _check_header, _classify_record, _read_pcap_scalar, _record_offsets,
+                                  read_pcap)
+from harness.measure.tcpdump import Capture, CaptureStats
 
 # -----------------------------------------------------------------------------
 # synthetic pcap files
@@ -289,9 +291,9 @@ def assert_same_as_reference(path: Path, per_packet: bool = False) -> None:
 
 
 @pytest.mark.parametrize("linktype", [1, 0, 101, 113, 276])
-@pytest.mark.parametrize("chunk", [capture._CHUNK, 4])
+@pytest.mark.parametrize("chunk", [pcap._CHUNK, 4])
 def test_fast_path_matches_scalar_reference(tmp_path, monkeypatch, linktype, chunk):
-    monkeypatch.setattr(capture, "_CHUNK", chunk)  # records per numpy pass: many passes too
+    monkeypatch.setattr(pcap, "_CHUNK", chunk)  # records per numpy pass: many passes too
     frames = mixed_frames()
     if linktype != 1:
         frames = [(other_link(data, linktype), orig) for data, orig in frames if len(data) >= 14]

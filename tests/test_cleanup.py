@@ -1,5 +1,5 @@
 """A remote-mode run_llm.py stopped by SIGTERM or Ctrl-C removes its namespace, veth and server;
-one killed by SIGKILL leaves them, and harness.netns.clean_stale() removes them at next start.
+one killed by SIGKILL leaves them, and harness.testbed.netns.clean_stale() removes them at next start.
 
 Needs root and `ip netns` (the embedded two-host testbed). Every test's teardown removes what its
 run created, by pid and by name, whatever the assertions said.
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import netns
+from harness.testbed import netns
 from tests.test_cli import REPO, TAG_VAR, free_port, netns_names, tagged_servers
 
 needs_netns = pytest.mark.skipif(
@@ -28,7 +28,7 @@ needs_netns = pytest.mark.skipif(
 RUN_ARGS = ["--mode", "naive", "--phase", "decode", "--model", "tiny", "--decode-steps", "400",
             "--prompt-len", "64"]
 # run_llm.py as a non-root user runs it: the GPU host emulated on loopback, no namespace
-LOOPBACK = ["-c", "import sys; sys.argv[0] = 'run_llm.py'; import harness.netns as n; "
+LOOPBACK = ["-c", "import sys; sys.argv[0] = 'run_llm.py'; import harness.testbed.netns as n; "
             "n.can_make_namespaces = lambda: False; import run_llm; sys.exit(run_llm.main())"]
 START_TIMEOUT_S = 120
 EXIT_TIMEOUT_S = 30

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.engine import run_phase
-from harness.models import ModelSpec, build_model, load_config, prompt_ids
-from harness.modes import LocalBackend, NaiveBackend, SysBackend
+from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
+from harness.compute.modes import LocalBackend, NaiveBackend, SysBackend
+from harness.compute.phase import run_phase
 
 STEPS = 12
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from harness import netns
-from harness.link import _start_servers, _wait_listening, iperf3
+from harness.measure.iperf import _start_servers, _wait_listening, iperf3
+from harness.testbed import netns
 
 needs_root = pytest.mark.skipif(not netns.can_make_namespaces(), reason="needs root to make a namespace")
 

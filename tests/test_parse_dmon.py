@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 sys.path.insert(0, str(ROOT))
 
-from harness.dmon import DmonMonitor, DmonSeries, parse_dmon  # noqa: E402
+from harness.measure.dmon import DmonMonitor, DmonSeries, parse_dmon  # noqa: E402
 
 H100 = DATA / "dmon-h100-1gpu.log"
 TWO_GPU = DATA / "dmon-2gpu-repeated-headers.log"

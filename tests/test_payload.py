@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.models import ModelSpec, build_model
-from harness.payload import pack, pack_kv, tensor_bytes, unpack, unpack_kv
+from harness.compute.models import ModelSpec, build_model
+from harness.compute.packing import pack, pack_kv, tensor_bytes, unpack, unpack_kv
 
 
 def test_state_dict_round_trip_counts_tied_weights_once():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import netns
-from harness.sshd import SshServer, keygen
+from harness.testbed import netns
+from harness.testbed.sshd import SshServer, keygen
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_BOUND_S = 30

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.capture import A_TO_B, B_TO_A, OTHER, PcapPackets
-from harness.timeline import call_timeline
+from harness.measure.pcap import A_TO_B, B_TO_A, OTHER, PcapPackets
+from harness.measure.timeline import call_timeline
 
 
 def packets(rows):

@@ -8,9 +8,9 @@ import psutil
 import pytest
 import torch
 
-from harness.models import ModelSpec, build_model, forward_step, load_config, prompt_ids
-from harness.payload import Packed, unpack_kv
-from harness.worker import RemoteWorker
+from harness.compute.models import ModelSpec, build_model, forward_step, load_config, prompt_ids
+from harness.compute.packing import Packed, unpack_kv
+from harness.compute.worker import RemoteWorker
 
 PROMPT_LEN = 16
 

@@ -6,23 +6,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness import wire
+from harness.report import payload_model
 
 DMON_PERIOD_S = 1.0
 
 
 @dataclass(frozen=True)
 class CellContext:
-    payload: wire.Payload            # analytic, one round
+    payload: payload_model.Payload            # analytic, one round
     per_message_bytes: float         # RPC framing per round trip, measured on no-ops
     iperf_gbps: float | None         # the link's goodput, same session
-    shape: wire.Shape                # weights tied-once and as listed, KV and logits sizes
+    shape: payload_model.Shape                # weights tied-once and as listed, KV and logits sizes
 
 
 def analyse_round(r: dict, ctx: CellContext) -> dict:
     """r: a RoundRecord.to_dict(). Returns the figures the report shows beside it."""
     link_bytes = r["link_tx_bytes"] + r["link_rx_bytes"]
-    c = wire.closure(ctx.payload, link_bytes, r["link_packets"], ctx.per_message_bytes)
+    c = payload_model.closure(ctx.payload, link_bytes, r["link_packets"], ctx.per_message_bytes)
     return {
         "analytic_tx_bytes": ctx.payload.tx_bytes, "analytic_rx_bytes": ctx.payload.rx_bytes,
         "weights_bytes_tied_once": ctx.shape.weights_bytes,
@@ -49,7 +49,7 @@ def breakdown(r: dict, link_bytes: int, iperf_gbps: float | None) -> dict:
     client_s: the client's own work between calls (choosing the next token; engine's timer);
     server_*: the worker's timers (CUDA-synchronised) and its hand-over to the compute thread;
     client_ser .. client_deser: the client's and server's clocks and the capture's packet times
-    (harness.timeline). Parts not measured in a round (no capture) are None, never derived from
+    (harness.measure.timeline). Parts not measured in a round (no capture) are None, never derived from
     the others. unattributed_s is what no part covers (Python between the timers on either
     side); time_parts_sum_ratio is the parts' sum over the wall-clock.
 

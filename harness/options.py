@@ -4,11 +4,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from harness.compute.models import ModelSpec, default_device, load_config, max_positions
 from harness.errors import UsageError
-from harness.models import ModelSpec, default_device, load_config, max_positions
-from harness.remote import GpuHost, SshTarget
-from harness.rpc import CHANNELS, DEFAULT_CHANNEL
-from harness.server import REPO
+from harness.testbed.hosts import GpuHost, SshTarget
+from harness.testbed.launcher import REPO
+from harness.testbed.rpc import CHANNELS, DEFAULT_CHANNEL
 
 GATE_METRICS = ("bytes", "gpu")
 

@@ -13,19 +13,20 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from harness import netns, rpc
+from harness.compute.models import ModelSpec
 from harness.errors import UsageError
-from harness.link import stats as link_stats
-from harness.models import ModelSpec
-from harness.remote import GpuHost
-from harness.server import ServerProcess
+from harness.testbed import netns, rpc
+from harness.testbed.hosts import GpuHost
+from harness.testbed.launcher import ServerProcess
+from harness.testbed.link import Link
+from harness.testbed.link import stats as link_stats
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Testbed:
-    link: netns.Link
+    link: Link
     cfg: rpc.RpcConfig
     server: ServerProcess | None   # None when the worker was started by someone else
     device: str | None = None      # the worker's device; None: the GPU host's default
@@ -34,7 +35,8 @@ class Testbed:
     def worker(self, spec: ModelSpec):
         """An RRef to a RemoteWorker for spec on the GPU host (one per spec, made on first use)."""
         from torch.distributed import rpc as torch_rpc
-        from harness.worker import RemoteWorker
+
+        from harness.compute.worker import RemoteWorker
         if spec not in self.workers:
             rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device))
             rref.rpc_sync().noop_remote()  # waits until the skeleton is built and lanes are open
@@ -47,10 +49,10 @@ class Testbed:
         return s["tx_bytes"], s["rx_bytes"]
 
 
-def remote_link(gpu_addr: str, host: GpuHost = GpuHost()) -> netns.Link:
+def remote_link(gpu_addr: str, host: GpuHost = GpuHost()) -> Link:
     """A real link: tcpdump and counters on the client's interface toward the GPU host."""
     iface, src = rpc.route_to(gpu_addr)
-    return netns.Link("remote", src, gpu_addr, iface, "", None, host)
+    return Link("remote", src, gpu_addr, iface, "", None, host)
 
 
 def resolve(host: str) -> str:
@@ -60,7 +62,7 @@ def resolve(host: str) -> str:
         raise UsageError(f"cannot resolve GPU host {host!r} ({e}): pass --gap-gpu-addr") from None
 
 
-def embedded_link(rate_gbps: float | None = None) -> netns.Link:
+def embedded_link(rate_gbps: float | None = None) -> Link:
     netns.clean_stale()
     if netns.can_make_namespaces():
         return netns.create(rate_gbps=rate_gbps)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.remote import GpuHost
-from harness.rpc import RpcConfig
+from harness.testbed.hosts import GpuHost
+from harness.testbed.rpc import RpcConfig
 
 REPO = Path(__file__).resolve().parent.parent
 READY = "rpc_server: listening"

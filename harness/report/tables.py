@@ -1,31 +1,18 @@
 """The plan's final table from pytest-benchmark results, as Markdown, CSV and PNG plots.
 
-    python -m harness.report out.json [--out results/]
+    python -m harness.report.tables out.json [--out results/]
 
 Each cell's figures come from its extra_info (per measured round), so the table the suite prints
 at the end of a run and the one made later from the JSON are the same computation.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from harness.analysis import TIME_PARTS
-from harness.engine import PHASES
-from harness.modes import MODES
+from harness.compute.modes import MODES
+from harness.compute.phase import PHASES
+from harness.report.analysis import TIME_PARTS
+from harness.report.units import human_bytes
 
 COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _pm(stat: dict, fmt) -> str:
@@ -204,104 +191,6 @@ def full_report(infos, controls: dict | None = None, link: dict | None = None) -
         f"channel has lanes; RPC-bound: under {RPC_BOUND:.0%} of it, the RPC path and not the link sets "
         "the naive mode's pace):\n" + markdown_table(check_rows(infos), CHECK_COLUMNS),
         "Time breakdown (s per round, each part measured: client and server clocks, server timers,"
-        " packet times; see harness/timeline.py):\n"
+        " packet times; see harness/measure/timeline.py):\n"
         + markdown_table(time_rows(infos), ["Phase", "Mode", "Latency (s)", *TIME_PARTS, "sum / latency"]),
         *(["Harness checks (this run):\n" + markdown_table(checks, ["Check", "Figure", "Target"])] if checks else [])])
-
-
-def regressions(info: dict, base_info: dict, tolerances: dict) -> list[str]:
-    """bytes: fail when mean link bytes grew by more than the fraction; gpu: when mean SM%
-    moved by more than that many percentage points (either way: a drop can mean the GPU is no
-    longer used, a rise that work moved onto it)."""
-    out = []
-    cur, base = info["summary"], base_info.get("summary", {})
-    if "bytes" in tolerances and base.get("link_bytes", {}).get("mean"):
-        now, then = cur["link_bytes"]["mean"], base["link_bytes"]["mean"]
-        if now > then * (1 + tolerances["bytes"]):
-            out.append(f"bytes regressed: {human_bytes(now)} vs baseline {human_bytes(then)} "
-                       f"(+{(now / then - 1) * 100:.1f}% > {tolerances['bytes'] * 100:.1f}%)")
-    if "gpu" in tolerances:
-        now, then = cur["gpu_sm_pct"]["mean"], base.get("gpu_sm_pct", {}).get("mean")
-        if (now is None) != (then is None):
-            out.append(f"GPU utilization availability changed: {now} vs baseline {then}")
-        elif now is not None and abs(now - then) > tolerances["gpu"] * 100:
-            out.append(f"GPU utilization moved: {now:.1f}% vs baseline {then:.1f}% "
-                       f"(more than {tolerances['gpu'] * 100:.1f} points)")
-    return out
-
-
-CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead"}
-
-
-def load_infos(path: Path) -> tuple[list[dict], dict, dict | None]:
-    """(cells' extra_info, harness checks' extra_info by name, the link check) from a JSON."""
-    data = json.loads(Path(path).read_text())
-    benches = data.get("benchmarks", [])
-    infos = [b["extra_info"] for b in benches if "summary" in b.get("extra_info", {})]
-    if not infos:
-        raise ValueError(f"{path}: no semantic-gap cells in it (was it written by `pytest benchmarks "
-                         "--benchmark-json=...`?)")
-    controls = {CONTROL_TESTS[b["name"]]: b["extra_info"] for b in benches if b["name"] in CONTROL_TESTS}
-    link = data.get("machine_info", {}).get("semantic_gap", {}).get("link_check")
-    return infos, controls, link
-
-
-def plot(rows: list[dict], out_dir: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    paths = []
-    labels = [f"{r['Phase']}\n{r['Mode']}" for r in rows]
-    for key, title, ylabel, fmt in (("link_bytes", "Network bytes per round", "bytes (log)", human_bytes),
-                                    ("latency_s", "Latency per round", "seconds (log)", lambda v: f"{v:.3g} s")):
-        fig, ax = plt.subplots(figsize=(8, 4))
-        means = [r[f"{key}_mean"] or 0 for r in rows]
-        stds = [r[f"{key}_std"] or 0 for r in rows]
-        # a log axis has no 0: local's 0 bytes sit on the floor, labelled with their true value
-        floor = 1.0 if key == "link_bytes" else min((m for m in means if m > 0), default=1e-3) / 3
-        bars = ax.bar(labels, [max(m, floor) for m in means], yerr=stds, capsize=3,
-                      color=["#888" if "local" in l else "#c44" if "naive" in l else "#48c" for l in labels])
-        ax.set_yscale("log")
-        ax.set_ylim(bottom=floor)
-        for bar, m in zip(bars, means):
-            ax.annotate(fmt(m), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        fig.tight_layout()
-        path = out_dir / f"{key}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def write_all(infos: list[dict], out_dir: Path, controls: dict | None = None, link: dict | None = None) -> list[Path]:
-    import pandas as pd
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md = out_dir / "table.md"
-    md.write_text(full_report(infos, controls, link) + "\n")
-    csv = out_dir / "table.csv"
-    rows = table_rows(infos)
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    return [md, csv, *plot(rows, out_dir)]
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.splitlines()[0])
-    p.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
-    p.add_argument("--out", type=Path, help="folder for table.md, table.csv, *.png [beside the JSON]")
-    args = p.parse_args(argv)
-    try:
-        infos, controls, link = load_infos(args.json)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
-    print(full_report(infos, controls, link))
-    for path in write_all(infos, args.out or args.json.parent, controls, link):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.capture import A_TO_B, B_TO_A
+from harness.measure.pcap import A_TO_B, B_TO_A
 
 PARTS = ("client_ser_s", "wire_tx_s", "server_deser_s", "server_ser_s", "wire_rx_s", "client_deser_s")
 
@@ -30,7 +30,7 @@ PARTS = ("client_ser_s", "wire_tx_s", "server_deser_s", "server_ser_s", "wire_rx
 def call_timeline(stamps: list, packets, offset_s: float) -> dict | None:
     """Sums over a round's calls of each part of PARTS, plus the server's method time
     (server_method_s) and the number of calls placed. stamps: (sent, entered, left, returned)
-    per call, the server's two in its own clock; packets: harness.capture.PcapPackets of the
+    per call, the server's two in its own clock; packets: harness.measure.pcap.PcapPackets of the
     round; offset_s: server clock - client clock. None when a call has no data packet each way
     (capture lost them, or no capture): then nothing here is trustworthy."""
     if not stamps or packets is None:

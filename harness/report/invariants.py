@@ -1,7 +1,7 @@
 """What every cell must satisfy; each failure is a sentence with the numbers in it."""
 from __future__ import annotations
 
-from harness.report import human_bytes
+from harness.report.units import human_bytes
 
 
 def check_cell(info: dict, others) -> list[str]:

@@ -2,7 +2,7 @@
 side of the link, `nvidia-smi dmon` and an NVML sampler on the GPU host, and the GPU host's clock
 offset. Started before the timed region and stopped after it (pytest-benchmark's pedantic
 setup/teardown), so their start-up costs nothing. The capture's packets of the last round stay
-in `packets` (for harness.timeline), not in the reading.
+in `packets` (for harness.measure.timeline), not in the reading.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.capture import Capture, read_pcap
-from harness.dmon import DmonMonitor, parse_dmon
-from harness.link import stats
-from harness.modes import call
-from harness.netns import Link
-from harness.timing import clock_offset
+from harness.compute.calls import call
+from harness.measure.clocks import clock_offset
+from harness.measure.dmon import DmonMonitor, parse_dmon
+from harness.measure.pcap import read_pcap
+from harness.measure.tcpdump import Capture
+from harness.testbed.link import Link, stats
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class WorkerSampler:
     its host's clock for the offset estimate."""
 
     def __init__(self, worker):
-        self.worker = worker  # RRef to a harness.worker.RemoteWorker
+        self.worker = worker  # RRef to a harness.compute.worker.RemoteWorker
 
     def start(self) -> None:
         call(self.worker, "gpu_sampler_start_remote")
@@ -76,7 +76,7 @@ class RoundProbe:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sgap-probe-"))
         self._cap = self._dmon = self._c0 = self._pre = None
         self._clock = (0.0, None)
-        self.packets = None  # harness.capture.PcapPackets of the last round, or None
+        self.packets = None  # harness.measure.pcap.PcapPackets of the last round, or None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

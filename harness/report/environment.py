@@ -6,7 +6,7 @@ import subprocess
 
 import torch
 
-from harness.modes import call
+from harness.compute.calls import call
 
 
 def versions() -> dict:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.netns import Link
+from harness.testbed.link import Link
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

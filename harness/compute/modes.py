@@ -5,11 +5,11 @@ each returning the last position's logits [1, vocab]; end() closes the session.
 - NaiveBackend: the stateless worker; each call ships state_dict + new ids + whole KV cache.
 - SysBackend: the stateful worker; weights shipped once (at construction, timed apart),
   then only ids and a cache id.
-Both ship the weights packed (harness.payload.Packed: the same bytes, one tensor per dtype), so
+Both ship the weights packed (harness.compute.packing.Packed: the same bytes, one tensor per dtype), so
 neither pays TensorPipe's per-tensor cost; packing happens once, before anything is timed.
 
 Remote backends count the payload they send and receive from the tensors themselves
-(harness.payload.tensor_bytes) and sum the server's own time split.
+(harness.compute.packing.tensor_bytes) and sum the server's own time split.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.models import forward_step
-from harness.payload import Packed, pack, tensor_bytes
-from harness.rpc import explain
-from harness.timing import Clock
+from harness.compute.calls import call
+from harness.compute.models import forward_step
+from harness.compute.packing import Packed, pack, tensor_bytes
+from harness.compute.timers import Clock
 
 MODES = ("local", "naive", "sys_simulated")
 
@@ -30,7 +30,7 @@ MODES = ("local", "naive", "sys_simulated")
 class Tally:
     """Per-session accounting. server_s sums the worker's own split over all calls; stamps
     holds one (sent, entered, left, returned) per RPC call: the client's time.time() around the
-    call and the server's around its method (harness.timeline puts them on one timeline)."""
+    call and the server's around its method (harness.measure.timeline puts them on one timeline)."""
     payload_tx_bytes: int = 0
     payload_rx_bytes: int = 0
     calls: int = 0
@@ -87,7 +87,7 @@ class NaiveBackend:
 
     def __init__(self, worker_rref, state_dict: dict | Packed):
         self.worker = worker_rref
-        self.weights = as_packed(state_dict)  # one buffer per dtype; see harness.payload.Packed
+        self.weights = as_packed(state_dict)  # one buffer per dtype; see harness.compute.packing.Packed
         self.tally = Tally()
         self.kv = None                        # Packed, as the worker sent it back
 
@@ -153,14 +153,6 @@ class SysBackend:
 
 def as_packed(state_dict: dict | Packed) -> Packed:
     return state_dict if isinstance(state_dict, Packed) else pack(state_dict)
-
-
-def call(worker, method: str, *args):
-    """worker.method(*args) over RPC, with torch RPC's failures reworded (harness.rpc.explain)."""
-    try:
-        return getattr(worker.rpc_sync(), method)(*args)
-    except RuntimeError as e:
-        raise explain(e) from e
 
 
 def greedy(logits: torch.Tensor) -> int:

@@ -101,6 +101,7 @@ def build_model(spec: ModelSpec, device: str | torch.device, with_weights: bool 
     """
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
+
     # Skip random init in the skeleton (a minute for llama-1b on 2 cores) but still run the
     # constructors: a meta-device skeleton would leave non-persistent buffers as garbage.
     with no_init_weights():

@@ -15,7 +15,7 @@ like the local loop, runs as fast as the local loop.
 Every reply carries `server_s`, the server's own time split (load, host->device, compute,
 device->host), synchronised on CUDA, and `stamps_s`, the server's wall clock when the method was
 entered (its arguments already received and unpickled) and left (its reply not yet pickled), so
-the client can place the server's time between the packets of the call (harness.timeline).
+the client can place the server's time between the packets of the call (harness.measure.timeline).
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from typing import NamedTuple
 
 import torch
 
-from harness import alloc
-from harness.gpu import make_sampler
-from harness.models import ModelSpec, build_model, default_device, forward_step
-from harness.payload import Packed, cache_to_kv, kv_to_cache, pack_kv, unpack, unpack_kv
-from harness.timing import Clock
+from harness.compute import hostmem
+from harness.compute.models import ModelSpec, build_model, default_device, forward_step
+from harness.compute.packing import Packed, cache_to_kv, kv_to_cache, pack_kv, unpack, unpack_kv
+from harness.compute.timers import Clock
+from harness.measure.nvml import make_sampler
 
 
 class Reply(NamedTuple):
@@ -87,7 +87,7 @@ class RemoteWorker:
     # -- stateless: the naive system ------------------------------------------------------
     @_compute_thread
     def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
-        """state_dict: a dict of tensors or its Packed form (harness.payload.pack)."""
+        """state_dict: a dict of tensors or its Packed form (harness.compute.packing.pack)."""
         clock = Clock(self.device)
         self.model.load_state_dict(_tensors_of(state_dict))  # copies host tensors into device params
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
@@ -149,7 +149,7 @@ class RemoteWorker:
         return Reply(torch.empty(0), kv_cache=[torch.empty(n, dtype=torch.uint8) for n in reply_sizes], server_s={})
 
     def clock_remote(self) -> float:
-        """This host's wall clock, for the client's offset estimate (harness.timing.clock_offset)."""
+        """This host's wall clock, for the client's offset estimate (harness.measure.clocks.clock_offset)."""
         return time.time()
 
     def gpu_sampler_start_remote(self) -> bool:
@@ -164,7 +164,7 @@ class RemoteWorker:
     def stats_remote(self) -> dict:
         import psutil
         cuda = self.device.type == "cuda"
-        return {"sessions": len(self.caches), "malloc": alloc.POLICY,
+        return {"sessions": len(self.caches), "malloc": hostmem.POLICY,
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,
                 "device": str(self.device),

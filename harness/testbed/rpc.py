@@ -103,25 +103,10 @@ def check_reachable(addr: str, port: int, timeout_s: float) -> None:
 
 def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
     import warnings
+
     from torch.distributed import rpc
+
     # torch's own RPC start-up trips its deprecation notice about Gloo; nothing of ours to fix
     warnings.filterwarnings("ignore", message="You are using a Backend")
     pin_interface(iface)
     rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=backend_options(cfg))
-
-
-
-class WorkerLost(RuntimeError):
-    """An RPC to the GPU worker failed in a way the user can act on; the message says how."""
-
-
-def explain(e: Exception) -> Exception:
-    """torch RPC's errors, reworded so that a failed cell says what happened in one line."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "ran for more than set timeout" in text:
-        return WorkerLost(f"the GPU host did not answer within the RPC timeout (link down, or the "
-                          f"worker hung; raise --gap-rpc-timeout for slower steps): {text}")
-    if "EOF" in text or "Connection reset" in text or "ECONNRESET" in text or "shutdown" in text.lower():
-        return WorkerLost(f"the connection to the GPU worker closed mid-call (the worker died or "
-                          f"the link was reset): {text}")
-    return e

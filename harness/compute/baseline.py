@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from harness.engine import run_phase
-from harness.modes import LocalBackend
+from harness.compute.modes import LocalBackend
+from harness.compute.phase import run_phase
 
 
 def _sync(device):

@@ -7,15 +7,8 @@ import shlex
 import subprocess
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from harness.netns import Link
-
-
-def stats(iface: str) -> dict[str, int]:
-    """Kernel counters of a client-side interface: tx/rx bytes and packets."""
-    base = Path(f"/sys/class/net/{iface}/statistics")
-    return {k: int((base / k).read_text()) for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
+from harness.testbed.link import Link
 
 
 @dataclass(frozen=True)

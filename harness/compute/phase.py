@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from harness.modes import greedy
+from harness.compute.modes import greedy
 
 PHASES = ("prefill", "decode")
 

@@ -1,0 +1,21 @@
+"""Clock: a phase timer that synchronises the device at each boundary, so asynchronous CUDA work
+is charged to the phase that launched it (and not to whichever later call happens to wait)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class Clock:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t = time.perf_counter()
+        self.split: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.split[name] = self.split.get(name, 0.0) + now - self.t
+        self.t = now

@@ -1,0 +1,41 @@
+"""The link between the client and the GPU host: where it runs, and its kernel counters."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.testbed.hosts import GpuHost
+
+
+@dataclass(frozen=True)
+class Link:
+    """The emulated link. kind is 'veth' (real interface between namespaces) or 'loopback'."""
+    kind: str
+    client_addr: str
+    gpu_addr: str
+    client_iface: str           # counters and tcpdump on the client side
+    gpu_iface: str
+    netns: str | None           # the GPU host's namespace, None on loopback
+    host: GpuHost = GpuHost()   # how to run programs on the GPU host
+    rate_gbps: float | None = None  # a line rate given to the veth (tc tbf), None: unshaped
+
+    @property
+    def gpu_prefix(self) -> list[str]:
+        """Command prefix that runs a long-lived simple command (plain words) on the GPU host."""
+        return self.host.argv([], tty=True)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "veth":
+            rate = f", shaped to {self.rate_gbps:g} Gbit/s" if self.rate_gbps else ", unshaped"
+            return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}{rate}"
+        if self.kind == "remote":
+            via = f"ssh {self.host.ssh.destination}" if self.host.ssh else "worker started by hand"
+            return f"{self.client_iface} -> {self.gpu_addr} ({via})"
+        return "loopback (no root: NOT a real link; bytes include all loopback traffic)"
+
+
+def stats(iface: str) -> dict[str, int]:
+    """Kernel counters of a client-side interface: tx/rx bytes and packets."""
+    base = Path(f"/sys/class/net/{iface}/statistics")
+    return {k: int((base / k).read_text()) for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
