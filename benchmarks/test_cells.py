@@ -23,10 +23,9 @@ def test_cell(benchmark, make_cell, gap_results, request, phase, mode):
                        rounds=opts.rounds, warmup_rounds=opts.warmup)
     assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
                            "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
-    info = cell.extra_info() | {"weight_load": cell.weight_load, "model": opts.spec.name,
-                                "dtype": opts.spec.dtype, "link": cell.probe.link.label}
-    benchmark.extra_info.update(info)
-    gap_results[cell.cfg.name] = info
+    info = cell.info()
+    benchmark.extra_info.update(info.to_dict())
+    gap_results[info.name] = info
     failures = check_cell(info, gap_results.values()) + baseline_gate(request.config, request.node.name, info)
     assert not failures, "\n".join(failures)
 

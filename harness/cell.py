@@ -3,13 +3,12 @@
     cell = Cell(cfg, backend, probe)
     benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
                        rounds=cfg.rounds, warmup_rounds=cfg.warmup_rounds)
-    cell.extra_info()   # per-round bytes, utilization, tokens ...
+    cell.info()         # harness.report.summary.CellInfo: per-round bytes, utilization, tokens ...
 
 setup/teardown bracket every round (warm-ups too) with the probe, outside the timed region.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +16,7 @@ from harness.compute.phase import PhaseResult, run_phase
 from harness.measure.probe import ProbeReading, RoundProbe
 from harness.measure.timeline import call_timeline
 from harness.report.analysis import CellContext, analyse_round
+from harness.report.summary import CellInfo, CellSummary
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class CellConfig:
     mode: str
     phase: str
     steps: int
+    model: str
+    dtype: str
     rounds: int = 3
     warmup_rounds: int = 1
 
@@ -81,50 +83,17 @@ class Cell:
         w = self.cfg.warmup_rounds
         return f"warm-up {i + 1}/{w}" if i < w else f"round {i - w + 1}/{self.cfg.rounds}"
 
-    @property
-    def measured(self) -> list[RoundRecord]:
-        return [r for r in self.records if not r.warmup]
-
-    def series(self, key: str) -> list:
-        """One figure per measured round, from the result or the probe (None where absent)."""
-        out = []
-        for r in self.measured:
-            src = r.result if hasattr(r.result, key) else r.probe
-            out.append(getattr(src, key))
-        return out
-
-    def extra_info(self) -> dict:
+    def info(self) -> CellInfo:
+        """Every round (warm-ups marked) and the measured rounds' summary."""
         rounds = [r.to_dict() for r in self.records]
         if self.context:
             for r in rounds:
                 r["analysis"] = analyse_round(r, self.context)
-        return {"mode": self.cfg.mode, "phase": self.cfg.phase, "steps": self.cfg.steps,
-                "rounds": rounds, "summary": summarise(self, rounds)}
+        load = self.backend.load
+        return CellInfo(self.cfg.mode, self.cfg.phase, self.cfg.steps, self.cfg.model, self.cfg.dtype,
+                        self.probe.link.label, rounds, CellSummary.of([r for r in rounds if not r["warmup"]]),
+                        None if load is None else asdict(load))
 
-
-def mean_std(values: list) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def summarise(cell: Cell, rounds: list[dict]) -> dict:
-    """Mean and std over measured rounds of the figures the report shows."""
-    out = {}
-    for key in ("latency_s", "ttft_s", "tpot_s", "link_bytes", "pcap_bytes",
-                "payload_tx_bytes", "payload_rx_bytes", "gpu_sm_pct"):
-        m, s = mean_std(cell.series(key))
-        out[key] = {"mean": m, "std": s}
-    analysed = [r["analysis"] for r in rounds if not r["warmup"] and "analysis" in r]
-    for key in ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_busy_fraction",
-                "wire_gbps", "wire_vs_iperf", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio",
-                "unattributed_s"):
-        m, s = mean_std([a[key] for a in analysed])
-        out[key] = {"mean": m, "std": s}
-    if analysed:
-        out["closure_verdicts"] = sorted({a["closure_verdict"] for a in analysed})
-        out["util_dmon_note"] = next((a["util_dmon_note"] for a in analysed if a["util_dmon_note"]), None)
-        out["time"] = {k: mean_std([a["time"][k] for a in analysed])[0] for k in analysed[0]["time"]}
-        out["time_complete"] = all(a["time_complete"] for a in analysed)
-    return out
+    @property
+    def measured(self) -> list[RoundRecord]:
+        return [r for r in self.records if not r.warmup]

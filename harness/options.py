@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.compute.models import ModelSpec, default_device, load_config, max_positions
+from harness.compute.phase import PHASES
 from harness.errors import UsageError
 from harness.testbed.hosts import GpuHost, SshTarget
 from harness.testbed.launcher import REPO
@@ -38,6 +39,8 @@ class SuiteOptions:
     link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
     link_gbps: float | None = None            # embedded default: shape the veth to this rate
     link_strict: bool = False                 # ... and fail instead
+    # field -> the flag that sets it, where not --gap-<field> (run_llm.py names some differently)
+    flags: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def resolved_device(self) -> str:
@@ -57,31 +60,44 @@ class SuiteOptions:
             dtype = "fp16" if self.resolved_device.startswith("cuda") else "fp32"
         return ModelSpec(self.model, dtype, self.seed)
 
-    def validate(self) -> "SuiteOptions":
-        for name, low in (("prompt-len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0)):
-            value = getattr(self, name.replace("-", "_"))
+    def flag(self, name: str) -> str:
+        """The command-line flag that sets field `name`, for error messages."""
+        return self.flags.get(name) or "--gap-" + name.removesuffix("_s").replace("_", "-")
+
+    def validate(self, phases=PHASES) -> "SuiteOptions":
+        """Every check that can be made before anything starts; phases: those that will run (the
+        context must hold the prompt, and for decode steps + 1 generated tokens)."""
+        for name, low in (("prompt_len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0)):
+            value = getattr(self, name)
             if value < low:
-                raise UsageError(f"--gap-{name} {value} must be >= {low}")
+                raise UsageError(f"{self.flag(name)} {value} must be >= {low}")
         if self.rpc_timeout_s <= 0:
-            raise UsageError(f"--gap-rpc-timeout {self.rpc_timeout_s} must be > 0 (seconds)")
+            raise UsageError(f"{self.flag('rpc_timeout_s')} {self.rpc_timeout_s} must be > 0 (seconds)")
         if self.channel not in CHANNELS:
-            raise UsageError(f"--gap-channel {self.channel!r}: use one of {', '.join(CHANNELS)}")
-        if self.link_nominal_gbps is not None and self.link_nominal_gbps <= 0:
-            raise UsageError(f"--gap-link-nominal-gbps {self.link_nominal_gbps} must be > 0")
-        if self.link_strict and self.link_nominal_gbps is None and self.link_gbps is None:
-            raise UsageError("--gap-link-strict needs --gap-link-nominal-gbps N (the link's rated speed)")
-        if self.link_gbps is not None and self.link_gbps <= 0:
-            raise UsageError(f"--gap-link-gbps {self.link_gbps} must be > 0 (Gbit/s)")
-        if self.link_gbps and (self.gpu_host or self.gpu_addr):
-            raise UsageError("--gap-link-gbps shapes the embedded link only; a real link has its own "
-                             "rate: drop it, or state that rate with --gap-link-nominal-gbps")
+            raise UsageError(f"{self.flag('channel')} {self.channel!r}: use one of {', '.join(CHANNELS)}")
+        self._validate_link()
         self.host()  # validates the ssh target
         spec = self.spec  # validates model and dtype
         ctx = max_positions(load_config(spec))
-        if self.prompt_len + self.steps + 1 > ctx:
-            raise UsageError(f"--gap-prompt-len {self.prompt_len} + --gap-steps {self.steps} + 1 "
-                             f"exceeds {self.model}'s context of {ctx}: lower one of them")
+        generated = self.steps + 1 if "decode" in phases else 0
+        if self.prompt_len + generated > ctx:
+            made = f" + {generated} generated tokens ({self.flag('steps')} {self.steps} + 1)" if generated else ""
+            lower = f"{self.flag('prompt_len')} or {self.flag('steps')}" if generated else self.flag('prompt_len')
+            raise UsageError(f"{self.flag('prompt_len')} {self.prompt_len}{made} exceeds {self.model}'s "
+                             f"context of {ctx}: lower {lower}")
         return self
+
+    def _validate_link(self) -> None:
+        if self.link_nominal_gbps is not None and self.link_nominal_gbps <= 0:
+            raise UsageError(f"{self.flag('link_nominal_gbps')} {self.link_nominal_gbps} must be > 0")
+        if self.link_strict and self.link_nominal_gbps is None and self.link_gbps is None:
+            raise UsageError(f"{self.flag('link_strict')} needs {self.flag('link_nominal_gbps')} N "
+                             "(the link's rated speed)")
+        if self.link_gbps is not None and self.link_gbps <= 0:
+            raise UsageError(f"{self.flag('link_gbps')} {self.link_gbps} must be > 0 (Gbit/s)")
+        if self.link_gbps and (self.gpu_host or self.gpu_addr):
+            raise UsageError(f"{self.flag('link_gbps')} shapes the embedded link only; a real link has "
+                             f"its own rate: drop it, or state that rate with {self.flag('link_nominal_gbps')}")
 
 
 def parse_compare_fail(text: str | None) -> tuple:

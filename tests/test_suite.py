@@ -80,7 +80,7 @@ def test_time_breakdown_is_measured_and_covers_the_round(smoke):
 
 
 def test_report_writes_table_csv_and_plots(smoke, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "harness.report.tables", str(smoke[2]), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "harness.report", str(smoke[2]), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| decode | naive |" in proc.stdout

@@ -23,9 +23,6 @@ from harness.compute.models import forward_step
 from harness.compute.packing import Packed, pack, tensor_bytes
 from harness.compute.timers import Clock
 
-MODES = ("local", "naive", "sys_simulated")
-
-
 @dataclass
 class Tally:
     """Per-session accounting. server_s sums the worker's own split over all calls; stamps
@@ -55,6 +52,7 @@ class Tally:
 
 class LocalBackend:
     mode = "local"
+    load = None  # nothing to load: the model lives here
 
     def __init__(self, model):
         self.model = model
@@ -84,6 +82,7 @@ class LocalBackend:
 
 class NaiveBackend:
     mode = "naive"
+    load = None  # it ships the weights in every call instead
 
     def __init__(self, worker_rref, state_dict: dict | Packed):
         self.worker = worker_rref
@@ -113,10 +112,13 @@ class NaiveBackend:
 
 @dataclass(frozen=True)
 class WeightLoad:
-    """The one-time cost the semantics-aware system pays, reported apart from steady state."""
+    """The one-time cost the semantics-aware system pays, reported apart from steady state.
+    link_*_bytes: the link's counters around it, where the caller measured them."""
     latency_s: float
     payload_tx_bytes: int
     server_s: dict
+    link_tx_bytes: int | None = None
+    link_rx_bytes: int | None = None
 
 
 class SysBackend:
@@ -158,3 +160,22 @@ def as_packed(state_dict: dict | Packed) -> Packed:
 def greedy(logits: torch.Tensor) -> int:
     """The client's next-token choice: argmax over the vocabulary, first index on ties (as generate())."""
     return int(torch.argmax(logits[0]))
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One mode of the plan: what crosses the link, and the client backend that does it."""
+    name: str
+    remote: bool        # the model runs on the GPU host, reached over the link
+    stateless: bool     # every call ships the weights and the whole KV cache (the semantics-blind system)
+    ships: str          # per forward pass, for tables
+    backend: type
+
+
+# In the plan's order: the baseline, the semantics-blind system, the semantics-aware one.
+MODES = {m.name: m for m in (
+    Mode("local", False, False, "nothing: the model runs on the GPU host", LocalBackend),
+    Mode("naive", True, True, "state_dict + new ids + whole KV cache; back: logits + whole KV cache",
+         NaiveBackend),
+    Mode("sys_simulated", True, False, "new ids + a cache id (weights once, apart); back: logits", SysBackend),
+)}

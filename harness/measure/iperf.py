@@ -1,4 +1,4 @@
-"""The link between the hosts: kernel counters and an iperf3 measurement (the plan's Step 1.4)."""
+"""The link's own throughput, measured with iperf3: the reference the RPC path is judged against."""
 from __future__ import annotations
 
 import json

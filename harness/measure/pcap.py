@@ -19,6 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -289,42 +290,58 @@ def _window_dtype(endian: str, linktype: int) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": l3 + 33})
 
 
-def _scan(buf: bytes, offsets: np.ndarray, endian: str, nanosecond: bool, linktype: int,
-          v4_dir: dict[bytes, int], v6_dir: dict[bytes, int], port_b: int | None) -> PcapPackets:
+class _Format(NamedTuple):
+    """What the file's global header says about every record."""
+    endian: str         # struct byte order of the record headers
+    nanosecond: bool    # timestamps' fraction in ns (else us)
+    linktype: int
+
+
+class _Directions(NamedTuple):
+    """How a packet's addresses (or, between equal addresses, its ports) give its direction."""
+    v4: dict[bytes, int]
+    v6: dict[bytes, int]
+    port_b: int | None
+
+
+def _scan(buf: bytes, offsets: np.ndarray, fmt: _Format, dirs: _Directions) -> PcapPackets:
     """Per-packet arrays for the records at offsets."""
     n = len(offsets)
     out = PcapPackets(ts_s=np.empty(n), direction=np.empty(n, np.int8), orig_len=np.empty(n, np.int64),
                       payload_len=np.empty(n, np.int64))
-    dtype = _window_dtype(endian, linktype)
+    dtype = _window_dtype(fmt.endian, fmt.linktype)
     # window i = the dtype.itemsize bytes from byte i: fancy indexing by offset copies one per record
     windows = np.ndarray((max(0, len(buf) - dtype.itemsize + 1),), f"V{dtype.itemsize}", buffer=buf,
                          strides=(1,))
     in_file = int(np.searchsorted(offsets, len(windows), side="left"))  # the last few may not fit
-    tick = 1e-9 if nanosecond else 1e-6
     slow = [np.arange(in_file, n)]
     for lo in range(0, in_file, _CHUNK):
         chunk = slice(lo, min(lo + _CHUNK, in_file))
         w = windows[offsets[chunk]].view(dtype)
-        out.ts_s[chunk] = w["ts_sec"] + w["ts_frac"] * tick
+        out.ts_s[chunk] = w["ts_sec"] + w["ts_frac"] * _tick(fmt)
         out.orig_len[chunk] = w["orig_len"]
-        out.direction[chunk], out.payload_len[chunk], fast = _classify_windows(w, linktype, v4_dir, port_b)
+        out.direction[chunk], out.payload_len[chunk], fast = _classify_windows(w, fmt.linktype, dirs.v4,
+                                                                               dirs.port_b)
         slow.append(lo + np.flatnonzero(~fast))
-    _scan_slow(buf, offsets, np.concatenate(slow), endian, tick, linktype, v4_dir, v6_dir, port_b, out)
+    _scan_slow(buf, offsets, np.concatenate(slow), fmt, dirs, out)
     return out
 
 
-def _scan_slow(buf: bytes, offsets: np.ndarray, indices: np.ndarray, endian: str, tick: float,
-               linktype: int, v4_dir: dict[bytes, int], v6_dir: dict[bytes, int], port_b: int | None,
+def _tick(fmt: _Format) -> float:
+    return 1e-9 if fmt.nanosecond else 1e-6
+
+
+def _scan_slow(buf: bytes, offsets: np.ndarray, indices: np.ndarray, fmt: _Format, dirs: _Directions,
                out: PcapPackets) -> None:
     """Fill out's entries at indices through _classify_record: few, as the capture filter is tcp."""
-    record = struct.Struct(endian + "IIII").unpack_from
+    record = struct.Struct(fmt.endian + "IIII").unpack_from
     for i in indices.tolist():
         off = int(offsets[i])
         ts_sec, ts_frac, incl_len, orig_len = record(buf, off)
-        out.ts_s[i] = ts_sec + ts_frac * tick  # the same float64 operations as the numpy path
+        out.ts_s[i] = ts_sec + ts_frac * _tick(fmt)  # the same float64 operations as the numpy path
         out.orig_len[i] = orig_len
-        out.direction[i], out.payload_len[i] = _classify_record(buf, off + 16, off + 16 + incl_len, linktype,
-                                                                v4_dir, v6_dir, port_b)
+        out.direction[i], out.payload_len[i] = _classify_record(buf, off + 16, off + 16 + incl_len, fmt.linktype,
+                                                                *dirs)
 
 
 def _classify_windows(w: np.ndarray, linktype: int, v4_dir: dict[bytes, int],
@@ -369,9 +386,9 @@ def read_pcap(path: str | Path, addr_a: str, addr_b: str, port_b: int | None = N
     v4_dir, v6_dir = _address_maps(addr_a, addr_b)
     t0 = time.perf_counter()
     buf = _map_file(path)
-    endian, nanosecond, linktype = _check_header(buf, path)
-    offsets = _record_offsets(buf, endian)
-    packets = _scan(buf, offsets, endian, nanosecond, linktype, v4_dir, v6_dir, port_b)
+    fmt = _Format(*_check_header(buf, path))
+    offsets = _record_offsets(buf, fmt.endian)
+    packets = _scan(buf, offsets, fmt, _Directions(v4_dir, v6_dir, port_b))
     counts = [int(packets.orig_len[packets.direction == d].sum()) for d in (A_TO_B, B_TO_A, OTHER)]
     read_s = time.perf_counter() - t0
     return PcapTotals(packets=len(offsets), bytes_total=sum(counts), bytes_a_to_b=counts[A_TO_B],

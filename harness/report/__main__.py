@@ -13,16 +13,17 @@ import sys
 from pathlib import Path
 
 from harness.report.plots import plot
+from harness.report.summary import CellInfo
 from harness.report.tables import full_report, table_rows
 
 CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead"}
 
 
-def load_infos(path: Path) -> tuple[list[dict], dict, dict | None]:
-    """(cells' extra_info, harness checks' extra_info by name, the link check) from a JSON."""
+def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict | None]:
+    """(the cells, the harness checks' extra_info by name, the link check) from a JSON."""
     data = json.loads(Path(path).read_text())
     benches = data.get("benchmarks", [])
-    infos = [b["extra_info"] for b in benches if "summary" in b.get("extra_info", {})]
+    infos = [CellInfo.from_dict(b["extra_info"]) for b in benches if "summary" in b.get("extra_info", {})]
     if not infos:
         raise ValueError(f"{path}: no semantic-gap cells in it (was it written by `pytest benchmarks "
                          "--benchmark-json=...`?)")
@@ -43,7 +44,7 @@ def write_all(infos: list[dict], out_dir: Path, controls: dict | None = None, li
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report.tables", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
     p.add_argument("--out", type=Path, help="folder for table.md, table.csv, *.png [beside the JSON]")
     args = p.parse_args(argv)

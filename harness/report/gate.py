@@ -5,19 +5,18 @@ from __future__ import annotations
 from harness.report.units import human_bytes
 
 
-def regressions(info: dict, base_info: dict, tolerances: dict) -> list[str]:
-    """bytes: fail when mean link bytes grew by more than the fraction; gpu: when mean SM%
-    moved by more than that many percentage points (either way: a drop can mean the GPU is no
-    longer used, a rise that work moved onto it)."""
+def regressions(cur, base, tolerances: dict) -> list[str]:
+    """cur, base: CellSummary of this run and of the baseline. bytes: fail when mean link bytes
+    grew by more than the fraction; gpu: when mean SM% moved by more than that many percentage
+    points (either way: a drop can mean the GPU is no longer used, a rise that work moved onto it)."""
     out = []
-    cur, base = info["summary"], base_info.get("summary", {})
-    if "bytes" in tolerances and base.get("link_bytes", {}).get("mean"):
-        now, then = cur["link_bytes"]["mean"], base["link_bytes"]["mean"]
+    if "bytes" in tolerances and base.link_bytes.mean:
+        now, then = cur.link_bytes.mean, base.link_bytes.mean
         if now > then * (1 + tolerances["bytes"]):
             out.append(f"bytes regressed: {human_bytes(now)} vs baseline {human_bytes(then)} "
                        f"(+{(now / then - 1) * 100:.1f}% > {tolerances['bytes'] * 100:.1f}%)")
     if "gpu" in tolerances:
-        now, then = cur["gpu_sm_pct"]["mean"], base.get("gpu_sm_pct", {}).get("mean")
+        now, then = cur.gpu_sm_pct.mean, base.gpu_sm_pct.mean
         if (now is None) != (then is None):
             out.append(f"GPU utilization availability changed: {now} vs baseline {then}")
         elif now is not None and abs(now - then) > tolerances["gpu"] * 100:

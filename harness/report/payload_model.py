@@ -5,7 +5,7 @@ Payload (tensor bytes, per call):
   naive   client->GPU: W + ids + KV(s_prev)        GPU->client: logits + KV(s_prev + new)
   sys     client->GPU: ids (weights W once, apart)  GPU->client: logits
   local   nothing
-W counts GPT-2's tied lm_head/wte once: torch RPC ships storages, and the wire agrees (FIELD-NOTES:
+W counts GPT-2's tied lm_head/wte once: torch RPC ships storages, and the wire agrees (measured:
 ~249.5 MB of a 326 MB fp16 state_dict). KV(s) = layers x 2 x kv_heads x s x head_dim x dtype bytes.
 logits = vocab x dtype bytes (last position only). ids = tokens x 8 (int64).
 
@@ -68,18 +68,20 @@ class Payload:
         return self.tx_bytes + self.rx_bytes
 
 
-def cell_payload(shape: Shape, mode: str, phase: str, prompt_len: int, steps: int) -> Payload:
-    """One round of a cell (prefill alone, or prefill + steps), excluding sys's one-time load."""
+def cell_payload(shape: Shape, mode, phase: str, prompt_len: int, steps: int) -> Payload:
+    """One round of a cell (prefill alone, or prefill + steps), excluding sys's one-time load.
+    mode: a harness.compute.modes.Mode."""
+    if not mode.remote:
+        return Payload(0, 0, 0)
     calls = [(0, prompt_len)] + ([(prompt_len + j, 1) for j in range(steps)] if phase == "decode" else [])
     tx = rx = 0
     for s_prev, new in calls:
-        if mode == "naive":
-            tx += shape.weights_bytes + new * 8 + shape.kv(s_prev)
-            rx += shape.logits + shape.kv(s_prev + new)
-        elif mode == "sys_simulated":
-            tx += new * 8
-            rx += shape.logits
-    return Payload(tx, rx, 0 if mode == "local" else len(calls))
+        tx += new * 8
+        rx += shape.logits
+        if mode.stateless:
+            tx += shape.weights_bytes + shape.kv(s_prev)
+            rx += shape.kv(s_prev + new)
+    return Payload(tx, rx, len(calls))
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,6 @@
-"""The plan's final table from pytest-benchmark results, as Markdown, CSV and PNG plots.
-
-    python -m harness.report.tables out.json [--out results/]
-
-Each cell's figures come from its extra_info (per measured round), so the table the suite prints
-at the end of a run and the one made later from the JSON are the same computation.
-"""
+"""The plan's table and the measurement's own evidence (checks, time breakdown, harness checks),
+as Markdown, from the cells' results (harness.report.summary.CellInfo). The suite prints them at
+the end of a run; `python -m harness.report out.json` makes the same from the JSON."""
 from __future__ import annotations
 
 from harness.compute.modes import MODES
@@ -15,24 +11,23 @@ from harness.report.units import human_bytes
 COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]
 
 
-def _pm(stat: dict, fmt) -> str:
-    if stat is None or stat.get("mean") is None:
+def _pm(stat, fmt) -> str:
+    if stat.mean is None:
         return "n/a"
-    return f"{fmt(stat['mean'])} ± {fmt(stat['std'])}"
+    return f"{fmt(stat.mean)} ± {fmt(stat.std)}"
 
 
-def _sort_key(info: dict):
-    return PHASES.index(info["phase"]), MODES.index(info["mode"])
+def _sort_key(info):
+    return PHASES.index(info.phase), list(MODES).index(info.mode)
 
 
-def _gpu_cell(s: dict) -> str:
+def _gpu_cell(s) -> str:
     """The plan's dmon SM% average; never a 0 that only means 'no sample' or 'no GPU'."""
-    dmon = s.get("util_dmon_sm_pct", s["gpu_sm_pct"])
-    if dmon and dmon.get("mean") is not None:
-        return _pm(dmon, lambda v: f"{v:.1f}")
-    if s["gpu_sm_pct"]["mean"] is None:
+    if s.util_dmon_sm_pct.mean is not None:
+        return _pm(s.util_dmon_sm_pct, lambda v: f"{v:.1f}")
+    if s.gpu_sm_pct.mean is None:
         return "n/a (no GPU)"
-    nvml = s.get("util_nvml_pct", {}).get("mean")
+    nvml = s.util_nvml_pct.mean
     return "n/a (round < dmon's 1 s)" + ("" if nvml is None else f"; NVML {nvml:.1f}")
 
 
@@ -40,17 +35,17 @@ def table_rows(infos) -> list[dict]:
     """One row per cell, in plan order; numeric columns kept beside the display strings."""
     rows = []
     for info in sorted(infos, key=_sort_key):
-        s = info["summary"]
+        s = info.summary
         rows.append({
-            "Phase": info["phase"], "Mode": info["mode"],
-            "Latency (s)": _pm(s["latency_s"], lambda v: f"{v:.4f}"),
-            "Network Bytes Transferred": _pm(s["link_bytes"], human_bytes),
+            "Phase": info.phase, "Mode": info.mode,
+            "Latency (s)": _pm(s.latency_s, lambda v: f"{v:.4f}"),
+            "Network Bytes Transferred": _pm(s.link_bytes, human_bytes),
             "Avg. GPU Utilization (%)": _gpu_cell(s),
-            "latency_s_mean": s["latency_s"]["mean"], "latency_s_std": s["latency_s"]["std"],
-            "link_bytes_mean": s["link_bytes"]["mean"], "link_bytes_std": s["link_bytes"]["std"],
-            "pcap_bytes_mean": s["pcap_bytes"]["mean"],
-            "gpu_sm_pct_mean": s["gpu_sm_pct"]["mean"], "gpu_sm_pct_std": s["gpu_sm_pct"]["std"],
-            "ttft_s_mean": s["ttft_s"]["mean"], "tpot_s_mean": s["tpot_s"]["mean"],
+            "latency_s_mean": s.latency_s.mean, "latency_s_std": s.latency_s.std,
+            "link_bytes_mean": s.link_bytes.mean, "link_bytes_std": s.link_bytes.std,
+            "pcap_bytes_mean": s.pcap_bytes.mean,
+            "gpu_sm_pct_mean": s.gpu_sm_pct.mean, "gpu_sm_pct_std": s.gpu_sm_pct.std,
+            "ttft_s_mean": s.ttft_s.mean, "tpot_s_mean": s.tpot_s.mean,
         })
     return rows
 
@@ -74,31 +69,28 @@ def check_rows(infos) -> list[dict]:
     """The measurement's own evidence per cell: payload closure, utilization three ways."""
     rows = []
     for info in sorted(infos, key=_sort_key):
-        s, first = info["summary"], _first_measured(info)
-        a = first.get("analysis", {})
-        verdicts = ", ".join(s.get("closure_verdicts", [])) or "n/a"
-        err = s.get("closure_error", {}).get("mean")
-        ratio = s.get("wire_vs_iperf", {}).get("mean")
-        gbps = s.get("wire_gbps", {}).get("mean")
-        dmon = s.get("util_dmon_sm_pct", {}).get("mean")
+        s = info.summary
+        verdicts = ", ".join(s.closure_verdicts) or "n/a"
+        err = s.closure_error.mean
+        dmon = s.util_dmon_sm_pct.mean
         rows.append({
-            "Phase": info["phase"], "Mode": info["mode"],
-            "Analytic payload": human_bytes((a.get("analytic_tx_bytes") or 0) + (a.get("analytic_rx_bytes") or 0)),
-            "pcap bytes": human_bytes(s["pcap_bytes"]["mean"]),
-            "Counter bytes": human_bytes(s["link_bytes"]["mean"]),
+            "Phase": info.phase, "Mode": info.mode,
+            "Analytic payload": human_bytes(s.analytic_bytes or 0),
+            "pcap bytes": human_bytes(s.pcap_bytes.mean),
+            "Counter bytes": human_bytes(s.link_bytes.mean),
             "Closure": f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)"),
-            "dmon SM %": _num(dmon, lambda v: f"{v:.1f}") if dmon is not None or not s.get("util_dmon_note")
+            "dmon SM %": _num(dmon, lambda v: f"{v:.1f}") if dmon is not None or not s.util_dmon_note
                          else "n/a (< dmon period)",
-            "NVML util %": _num(s.get("util_nvml_pct", {}).get("mean"), lambda v: f"{v:.1f}"),
-            "Busy fraction": _num(s.get("util_busy_fraction", {}).get("mean"), lambda v: f"{v:.2f}"),
-            "RPC path Gbit/s (÷ iperf3)": _rpc_path(info["mode"], gbps, ratio),
+            "NVML util %": _num(s.util_nvml_pct.mean, lambda v: f"{v:.1f}"),
+            "Busy fraction": _num(s.util_busy_fraction.mean, lambda v: f"{v:.2f}"),
+            "RPC path Gbit/s (÷ iperf3)": _rpc_path(MODES[info.mode], s.wire_gbps.mean, s.wire_vs_iperf.mean),
         })
     return rows
 
 
-def _rpc_path(mode: str, gbps: float | None, ratio: float | None) -> str:
-    """Only the naive mode moves enough per call for a throughput to mean anything."""
-    if mode != "naive" or gbps is None:
+def _rpc_path(mode, gbps: float | None, ratio: float | None) -> str:
+    """Only the stateless mode moves enough per call for a throughput to mean anything."""
+    if not mode.stateless or gbps is None:
         return "n/a"
     if ratio is None:
         return f"{gbps:.2f}"
@@ -109,26 +101,20 @@ def time_rows(infos) -> list[dict]:
     """Where the time went, mean per measured round, in seconds."""
     rows = []
     for info in sorted(infos, key=_sort_key):
-        t = info["summary"].get("time") or {}
-        ratio = info["summary"].get("time_parts_sum_ratio", {}).get("mean")
-        row = {"Phase": info["phase"], "Mode": info["mode"],
-               "Latency (s)": f"{info['summary']['latency_s']['mean']:.4f}"}
-        row |= {k: _num(t.get(k), lambda v: f"{v:.4f}") for k in TIME_PARTS}
-        row["sum / latency"] = _num(ratio, lambda v: f"{v:.3f}") if info["summary"].get("time_complete") \
+        s = info.summary
+        row = {"Phase": info.phase, "Mode": info.mode, "Latency (s)": f"{s.latency_s.mean:.4f}"}
+        row |= {k: _num(s.time[k] if s.time else None, lambda v: f"{v:.4f}") for k in TIME_PARTS}
+        row["sum / latency"] = _num(s.time_parts_sum_ratio.mean, lambda v: f"{v:.3f}") if s.time_complete \
             else "n/a (wire, serdes unmeasured: capture off, or a call with no data packet seen)"
         rows.append(row)
     return rows
-
-
-def _first_measured(info) -> dict:
-    return next((r for r in info["rounds"] if not r["warmup"]), {})
 
 
 def harness_rows(infos, controls: dict, link: dict | None) -> list[dict]:
     """The harness's own evidence: is the link measured, is the RPC path fast enough, what does
     the probe cost, is the baseline honest, does the payload model close, do the parts add up.
     A check with nothing to show in this run (no link, no controls run) has no row."""
-    summaries = {f"{i['phase']}-{i['mode']}": i["summary"] for i in infos}
+    summaries = {i.name: i.summary for i in infos}
     rows = [_link_row(link), _rpc_path_row(summaries), _probe_cost_row(controls.get("capture_overhead")),
             _analysis_row(summaries), _baseline_row(controls.get("local_vs_generate")),
             _closure_row(summaries), _time_sum_row(summaries)]
@@ -145,8 +131,8 @@ def _link_row(link):
 
 
 def _rpc_path_row(summaries):
-    naive = {k.split("-")[0]: v.get("wire_vs_iperf", {}).get("mean") for k, v in summaries.items()
-             if k.endswith("-naive")}
+    naive = {k.split("-")[0]: v.wire_vs_iperf.mean for k, v in summaries.items()
+             if MODES[k.split("-", 1)[1]].stateless}
     figure = ", ".join(f"{phase} {v:.2f}" for phase, v in naive.items() if v is not None)
     return figure and ("naive RPC path ÷ iperf3 (as many streams as lanes)", figure, f">= {RPC_BOUND}")
 
@@ -160,7 +146,7 @@ def _probe_cost_row(cap):
 
 
 def _analysis_row(summaries):
-    shares = [(v.get("analysis_share", {}).get("mean"), k) for k, v in summaries.items() if "local" not in k]
+    shares = [(v.analysis_share.mean, k) for k, v in summaries.items() if MODES[k.split("-", 1)[1]].remote]
     worst = max((s for s in shares if s[0] is not None), default=None)
     return worst and ("capture analysis ÷ round (worst remote cell)", f"{worst[0] * 100:.1f}% ({worst[1]})", "<= 5%")
 
@@ -170,15 +156,14 @@ def _baseline_row(base):
 
 
 def _closure_row(summaries):
-    judged = [(k, v["closure_error"]["mean"]) for k, v in summaries.items()
-              if any(not verdict.startswith("n/a") for verdict in v.get("closure_verdicts", []))]
+    judged = [(k, v.closure_error.mean) for k, v in summaries.items()
+              if any(not verdict.startswith("n/a") for verdict in v.closure_verdicts)]
     figure = ", ".join(f"{k} {e * 100:+.2f}%" for k, e in judged)
     return figure and ("payload closure error (cells >= 1 MB)", figure, "within ±2%")
 
 
 def _time_sum_row(summaries):
-    sums = [v["time_parts_sum_ratio"]["mean"] for v in summaries.values()
-            if v.get("time_parts_sum_ratio", {}).get("mean")]
+    sums = [v.time_parts_sum_ratio.mean for v in summaries.values() if v.time_parts_sum_ratio.mean]
     return sums and ("time parts ÷ wall-clock (all cells)", f"{min(sums):.3f} - {max(sums):.3f}", "0.95 - 1.05")
 
 

@@ -43,6 +43,23 @@ class Testbed:
             self.workers[spec] = rref
         return self.workers[spec]
 
+    def backend(self, mode: str, spec: ModelSpec, weights):
+        """A fresh client backend of a remote mode (harness.compute.modes.MODES) on spec's worker,
+        which forgets every earlier session's caches and weights first. sys_simulated's one-time
+        weight load happens here, its link bytes counted into backend.load."""
+        from dataclasses import replace
+
+        from harness.compute.calls import call
+        from harness.compute.modes import MODES
+        worker = self.worker(spec)
+        call(worker, "reset_remote")
+        c0 = self.counters()
+        backend = MODES[mode].backend(worker, weights)
+        c1 = self.counters()
+        if backend.load is not None:
+            backend.load = replace(backend.load, link_tx_bytes=c1[0] - c0[0], link_rx_bytes=c1[1] - c0[1])
+        return backend
+
     def counters(self) -> tuple[int, int]:
         """(tx, rx) bytes of the client's side of the link."""
         s = link_stats(self.link.client_iface)

@@ -17,7 +17,7 @@ from harness.errors import UsageError
 from harness.testbed.hosts import GpuHost
 from harness.testbed.rpc import RpcConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # harness/testbed/launcher.py -> the checkout
 READY = "rpc_server: listening"
 
 

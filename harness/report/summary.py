@@ -1,0 +1,126 @@
+"""Typed results, from the cell to the report: one `CellInfo` per mode x phase cell, holding its
+per-round records and a `CellSummary` of mean ± std over the measured rounds.
+
+The cell builds them, `CellInfo.to_dict()` turns them into pytest-benchmark's `extra_info` once,
+and the report reads them back with `CellInfo.from_dict()`, which fails on a missing field (naming
+it) instead of printing "n/a" for a key that was renamed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std of the values that exist; n says how many that was."""
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Stat":
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+
+
+# figures read from each measured round's record (the phase result and the probe) ...
+ROUND_STATS = ("latency_s", "ttft_s", "tpot_s", "link_bytes", "pcap_bytes", "payload_tx_bytes",
+               "payload_rx_bytes", "gpu_sm_pct")
+# ... and from each measured round's analysis (harness.report.analysis.analyse_round)
+ANALYSIS_STATS = ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_busy_fraction", "wire_gbps",
+                  "wire_vs_iperf", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio",
+                  "unattributed_s")
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    latency_s: Stat
+    ttft_s: Stat
+    tpot_s: Stat
+    link_bytes: Stat            # kernel counters, both directions
+    pcap_bytes: Stat
+    payload_tx_bytes: Stat      # counted from the tensors sent
+    payload_rx_bytes: Stat
+    gpu_sm_pct: Stat            # dmon's sm over every round that has samples
+    closure_error: Stat
+    util_dmon_sm_pct: Stat      # dmon's sm over rounds at least one dmon period long
+    util_nvml_pct: Stat
+    util_busy_fraction: Stat
+    wire_gbps: Stat
+    wire_vs_iperf: Stat
+    wire_only_gbps: Stat
+    analysis_share: Stat
+    time_parts_sum_ratio: Stat
+    unattributed_s: Stat
+    analytic_bytes: int | None          # the payload model's bytes of one round, both ways
+    closure_verdicts: list[str]
+    util_dmon_note: str | None          # why util_dmon_sm_pct has no value, where it has none
+    time: dict[str, float | None]       # mean seconds per part (harness.report.analysis.TIME_PARTS)
+    time_complete: bool                 # every part measured in every round
+
+    @classmethod
+    def of(cls, measured: list[dict]) -> "CellSummary":
+        """measured: the measured rounds' records (RoundRecord.to_dict(), with "analysis" where a
+        payload model was given)."""
+        analysed = [r["analysis"] for r in measured if "analysis" in r]
+        stats = {k: Stat.of([_round_figure(r, k) for r in measured]) for k in ROUND_STATS}
+        stats |= {k: Stat.of([a[k] for a in analysed]) for k in ANALYSIS_STATS}
+        first = analysed[0] if analysed else None
+        return cls(**stats,
+                   analytic_bytes=first and first["analytic_tx_bytes"] + first["analytic_rx_bytes"],
+                   closure_verdicts=sorted({a["closure_verdict"] for a in analysed}),
+                   util_dmon_note=next((a["util_dmon_note"] for a in analysed if a["util_dmon_note"]), None),
+                   time={k: Stat.of([a["time"][k] for a in analysed]).mean for k in (first or {}).get("time", {})},
+                   time_complete=bool(analysed) and all(a["time_complete"] for a in analysed))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CellSummary":
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        if missing:
+            raise ValueError(f"cell summary lacks {', '.join(missing)}: written by another version of the "
+                           "suite; re-run it with this one")
+        return cls(**{f.name: Stat(**d[f.name]) if f.type == "Stat" else d[f.name]
+                      for f in dataclasses.fields(cls)})
+
+
+def _round_figure(r: dict, key: str):
+    return r["link_tx_bytes"] + r["link_rx_bytes"] if key == "link_bytes" else r[key]
+
+
+@dataclass
+class CellInfo:
+    """One cell's whole result: what ran, every round, and their summary."""
+    mode: str
+    phase: str
+    steps: int
+    model: str
+    dtype: str
+    link: str
+    rounds: list[dict]                  # RoundRecord.to_dict() per round, warm-ups included
+    summary: CellSummary
+    weight_load: dict | None = None     # sys_simulated's one-time load (harness.compute.modes.WeightLoad)
+
+    @property
+    def name(self) -> str:
+        return f"{self.phase}-{self.mode}"
+
+    @property
+    def measured(self) -> list[dict]:
+        return [r for r in self.rounds if not r["warmup"]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CellInfo":
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"cell result lacks {', '.join(missing)}: written by another version of the "
+                           "suite; re-run it with this one")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known} | {"summary": CellSummary.from_dict(d["summary"])})
