@@ -35,13 +35,31 @@ def parse_args(argv):
 
 def hold_lifeline() -> None:
     """The launcher keeps our stdin open while it lives. EOF means it died, or the ssh session
-    carrying us was torn down (a cut link, a killed client): nobody will call shutdown, so go."""
+    carrying us was torn down (a cut link, a killed client): nobody will call shutdown, so go.
+
+    Nothing may stop the exit: a launcher that died took the reader of our stdout with it, and
+    a print() there raised BrokenPipeError and killed this thread before os._exit, leaving the
+    worker (and its GPU memory) behind. So the goodbye is best effort and os._exit is in a
+    finally. os._exit ends the process whatever the main thread is doing (waiting in
+    rpc.shutdown() for a client that will never come)."""
     def watch():
-        for _ in sys.stdin:
-            pass
-        print("rpc_server: launcher gone (stdin closed), exiting", flush=True)
-        os._exit(3)
+        try:
+            while os.read(0, 65536):  # raw fd: no decoding to fail; EOF, or EIO from a hung-up tty
+                pass
+        finally:
+            _say_best_effort("rpc_server: launcher gone (stdin closed), exiting\n")
+            os._exit(3)
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _say_best_effort(text: str) -> None:
+    """To stderr, never raising or blocking: its reader may be dead (EPIPE on a pipe, EIO on a
+    terminal) or alive but not reading (a full pipe would block us)."""
+    try:
+        os.set_blocking(2, False)
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def main(argv=None) -> int:
