@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import threading
 from dataclasses import asdict
 
 from harness.errors import UsageError
@@ -26,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 # run_llm.py's names for the suite's options, where they differ (harness.options.SuiteOptions)
 FLAGS = {"steps": "--decode-steps", "gpu_addr": "--gpu_host_ip", "link_gbps": "--link-gbps",
-         "prompt_len": "--prompt-len"}
+         "prompt_len": "--prompt-len", "engine": "--engine"}
 
 
 def parse_args(argv):
@@ -49,6 +51,8 @@ def parse_args(argv):
     p.add_argument("--channel", default=d.channel, choices=CHANNELS)
     p.add_argument("--link-gbps", type=float, help="emulated link only: its line rate each way "
                    "(tc tbf) [unshaped]")
+    p.add_argument("--engine", help="eager | static | graphs: how every mode runs the model "
+                   "[graphs on CUDA, else eager]")
     return p.parse_args(argv)
 
 
@@ -57,7 +61,7 @@ def build_request(args):
     from harness.options import SuiteOptions
     return SuiteOptions(model=args.model, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
                         steps=args.decode_steps, seed=args.seed, gpu_addr=args.gpu_host_ip, port=args.port,
-                        channel=args.channel, link_gbps=args.link_gbps, flags=FLAGS).validate(phases=(args.phase,))
+                        channel=args.channel, link_gbps=args.link_gbps, engine=args.engine, flags=FLAGS).validate(phases=(args.phase,))
 
 
 def run(args) -> dict:
@@ -70,23 +74,24 @@ def run(args) -> dict:
     spec = opts.spec
     prompt = prompt_ids(load_config(spec), opts.prompt_len, opts.seed)
     if not MODES[args.mode].remote:
-        backend = MODES[args.mode].backend(build_model(spec, opts.resolved_device))
+        backend = MODES[args.mode].backend(build_model(spec, opts.resolved_device), opts.engine_spec)
         result = run_phase(backend, prompt, args.phase, opts.steps)
-        return summary(args, spec, opts.resolved_device, "none (local)", result, None, None)
+        return summary(args, opts, opts.resolved_device, "none (local)", result, None, None)
     state_dict = build_model(spec, "cpu").state_dict()  # the client's copy of the weights
     with testbed(opts.gpu_addr, opts.port, opts.channel, opts.device, link_gbps=opts.link_gbps) as bed:
-        backend = bed.backend(args.mode, spec, state_dict)
+        backend = bed.backend(args.mode, spec, state_dict, opts.engine_spec)
         c1 = bed.counters()
         result = run_phase(backend, prompt, args.phase, opts.steps)
         c2 = bed.counters()
-        remote_device = bed.worker(spec).rpc_sync().stats_remote()["device"]
-        return summary(args, spec, remote_device, bed.link.label, result, backend.load,
+        remote_device = bed.worker(spec, opts.engine_spec).rpc_sync().stats_remote()["device"]
+        return summary(args, opts, remote_device, bed.link.label, result, backend.load,
                        {"tx_bytes": c2[0] - c1[0], "rx_bytes": c2[1] - c1[1]})
 
 
-def summary(args, spec, device, link, result, load, link_bytes) -> dict:
+def summary(args, opts, device, link, result, load, link_bytes) -> dict:
     """load: sys_simulated's one-time weight load (its link bytes inside), recorded as the suite does."""
-    out = {"mode": args.mode, "phase": args.phase, "model": spec.name, "dtype": spec.dtype,
+    out = {"mode": args.mode, "phase": args.phase, "model": opts.spec.name, "dtype": opts.spec.dtype,
+           "engine": opts.engine_spec.name,
            "device": device, "link": link, "prompt_len": args.prompt_len,
            "decode_steps": args.decode_steps if args.phase == "decode" else 0}
     out |= result.to_dict()
@@ -95,12 +100,61 @@ def summary(args, spec, device, link, result, load, link_bytes) -> dict:
     return out
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+GRACE_S = 3.0  # after a stop signal, how long the main thread has to start unwinding
+_unwinding = threading.Event()  # a stop signal's Python handler has run
+
+
 def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through every finally: nothing is left running
+    """SIGTERM and SIGINT: unwind through every finally, so nothing is left running. Once: a
+    repeat (timeout(1) signals its child, then the child's process group) must not cut the
+    cleanup short."""
+    if _unwinding.is_set():
+        return
+    _unwinding.set()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _watch_for_stuck_main() -> None:
+    """A Python signal handler runs only when the main thread is back in Python code. Blocked in
+    C++ it never is: torch RPC's rendezvous with a GPU host that accepts the connection and never
+    answers waits for many minutes. The C-level handler still writes the signal's number to the
+    wakeup fd at once, so this thread hears of it, and if _sigterm has not run GRACE_S later it
+    cleans up what the main thread can no longer reach and exits."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)  # set_wakeup_fd requires it: the C handler must never block
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch():
+        while True:
+            signum = os.read(r, 1)[0]
+            if signum in STOP_SIGNALS and not _unwinding.wait(GRACE_S):
+                _remove_own_namespace()
+                try:
+                    os.write(2, f"{PROG}: {signal.Signals(signum).name} while blocked in torch RPC; "
+                                "cleaned up, exiting\n".encode())
+                finally:
+                    os._exit(128 + signum)
+    threading.Thread(target=watch, name="stop-signal-watch", daemon=True).start()
+
+
+def _remove_own_namespace() -> None:
+    """The emulated GPU host's namespace, and the worker in it. A worker on a real host ends by
+    itself once our exit closes its lifeline (its stdin, or the ssh session)."""
+    try:
+        from harness.testbed import netns
+        name, veth, _ = netns.link_names(os.getpid(), 0)  # the names create() gives our link
+        netns.destroy_names(name, veth)  # idempotent: a namespace never made is skipped
+    except Exception:  # no root, no `ip`: nothing of ours to remove, and we are leaving anyway
+        pass
 
 
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _sigterm)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _sigterm)
+    _watch_for_stuck_main()
     try:
         args = parse_args(argv)
         print(json.dumps(run(args)), flush=True)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.cells import baseline_gate
+from fixtures.cells import baseline_gate, report_target_misses
 from fixtures.options import suite_options
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
-from harness.report.invariants import check_cell
+from harness.report.invariants import check_cell, target_misses
 
 CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
 
 
 @pytest.mark.cell
 @pytest.mark.parametrize("phase,mode", CELLS, ids=[f"{p}-{m}" for p, m in CELLS])
-def test_cell(benchmark, make_cell, gap_results, request, phase, mode):
+def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase, mode):
     opts = suite_options(request.config)
     cell = make_cell(mode, phase)
     benchmark.group = phase
@@ -23,16 +23,23 @@ def test_cell(benchmark, make_cell, gap_results, request, phase, mode):
                        rounds=opts.rounds, warmup_rounds=opts.warmup)
     assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
                            "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
+    cell.measure_utilization()  # outside the timed rounds
+    if MODES[mode].remote:
+        cell.dissect()
     info = cell.info()
     benchmark.extra_info.update(info.to_dict())
     gap_results[info.name] = info
     failures = check_cell(info, gap_results.values()) + baseline_gate(request.config, request.node.name, info)
     assert not failures, "\n".join(failures)
+    report_target_misses(target_misses(info), opts.strict)
 
 
 @pytest.mark.cell
-def test_control_rpc_noop(benchmark, gap_testbed, request):
+def test_control_rpc_noop(benchmark, gap_testbed, gap_controls, request):
     """What one RPC round trip costs with no work behind it: the floor under every remote step."""
-    worker = gap_testbed.worker(suite_options(request.config).spec)
+    opts = suite_options(request.config)
+    worker = gap_testbed.worker(opts.spec, opts.engine_spec)
     benchmark.group = "control"
     benchmark.pedantic(lambda: worker.rpc_sync().noop_remote(), rounds=50, warmup_rounds=5)
+    gap_controls["rpc_noop"] = {"rtt_s": benchmark.stats.stats.median}
+    benchmark.extra_info.update(gap_controls["rpc_noop"])

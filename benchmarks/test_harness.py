@@ -7,9 +7,11 @@ import statistics
 import pytest
 import torch
 
+from fixtures.cells import report_target_misses
 from fixtures.options import suite_options
 from harness.compute.baseline import compare
 from harness.compute.models import forward_step, load_config, prompt_ids
+from harness.report.invariants import probe_overhead_miss
 from harness.compute.phase import run_phase
 
 
@@ -20,7 +22,7 @@ def test_local_loop_vs_generate(benchmark, client_models, gap_controls, request)
     model = client_models("local")
     prompt = prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed)
     benchmark.group = "baseline"
-    result = benchmark.pedantic(compare, args=(model, prompt, opts.steps), rounds=1, iterations=1)
+    result = benchmark.pedantic(compare, args=(model, prompt, opts.steps, opts.engine_spec), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     gap_controls["local_vs_generate"] = result
 
@@ -74,3 +76,21 @@ def test_capture_overhead(benchmark, make_cell, gap_controls, request):
         "latency_off_cv": statistics.stdev(off) / statistics.mean(off),
         "analysis_share_median": statistics.median(share)})
     gap_controls["capture_overhead"] = dict(benchmark.extra_info)
+    report_target_misses(probe_overhead_miss(statistics.median(pair), q1, q3), opts.strict)
+
+
+@pytest.mark.cell
+def test_serialisation_alone(benchmark, client_models, gap_controls, request):
+    """torch RPC's own pickler on the naive prefill request (packed weights, prompt, no cache), no
+    link and no server: what serialising costs on its own, beside what the time breakdown puts in
+    client_ser_s (the call until its first data byte leaves, which also holds TensorPipe's set-up)."""
+    from torch.distributed.rpc.internal import _internal_rpc_pickler
+    opts = suite_options(request.config)
+    sent = (client_models("weights"), prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed), None)
+
+    def round_trip():
+        _internal_rpc_pickler.deserialize(*_internal_rpc_pickler.serialize(sent))
+    benchmark.group = "control"
+    benchmark.pedantic(round_trip, rounds=20, warmup_rounds=2)
+    gap_controls["serialisation"] = {"pickle_round_trip_s": benchmark.stats.stats.median}
+    benchmark.extra_info.update(gap_controls["serialisation"])

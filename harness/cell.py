@@ -13,10 +13,14 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from harness.compute.phase import PhaseResult, run_phase
-from harness.measure.probe import ProbeReading, RoundProbe
+from harness.measure.dissect import dissect
+from harness.measure.probe import ProbeReading, RoundProbe, UtilWindow
 from harness.measure.timeline import call_timeline
 from harness.report.analysis import CellContext, analyse_round
 from harness.report.summary import CellInfo, CellSummary
+
+
+WINDOW_SAMPLES = 5  # dmon samples (1 s each) a cell's utilization figure averages at least
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,11 @@ class RoundRecord:
     probe: ProbeReading
     timeline: dict | None = None   # harness.measure.timeline parts summed over the round's calls
     analysis_s: float | None = None  # reading the capture + placing the calls on the timeline
+    dissection: dict | None = None  # harness.measure.dissect.Dissection of this round's capture
 
     def to_dict(self) -> dict:
-        d = ({"warmup": self.warmup, "timeline": self.timeline, "analysis_s": self.analysis_s}
+        d = ({"warmup": self.warmup, "timeline": self.timeline, "analysis_s": self.analysis_s,
+              "dissection": self.dissection}
              | self.result.to_dict() | asdict(self.probe))
         d.pop("mode"), d.pop("phase")
         return d
@@ -58,6 +64,7 @@ class Cell:
     on_step: object = None         # progress callback(round_label, step, n_steps)
     context: CellContext | None = None
     records: list[RoundRecord] = field(default_factory=list)
+    window: UtilWindow | None = None  # utilization over back-to-back runs (measure_utilization)
     _pending: PhaseResult | None = None
 
     def setup(self):
@@ -68,9 +75,11 @@ class Cell:
     def run_round(self) -> None:
         label = self._round_label()
         hook = (lambda i, n: self.on_step(label, i, n)) if self.on_step else None
-        self._pending = run_phase(self.backend, self.prompt, self.cfg.phase, self.cfg.steps, hook)
+        self._pending = run_phase(self.backend, self.prompt, self.cfg.phase, self.cfg.steps, hook,
+                                  end_session=False)
 
     def teardown(self) -> None:
+        self.backend.end()  # the release call: in the round's bytes, outside pytest-benchmark's timer
         reading = self.probe.stop()
         warmup = len(self.records) < self.cfg.warmup_rounds
         t0 = time.perf_counter()
@@ -83,6 +92,27 @@ class Cell:
         w = self.cfg.warmup_rounds
         return f"warm-up {i + 1}/{w}" if i < w else f"round {i - w + 1}/{self.cfg.rounds}"
 
+    def measure_utilization(self, samples: int = WINDOW_SAMPLES) -> None:
+        """Where a measured round holds fewer than `samples` dmon samples, run the phase back to
+        back under dmon until the window holds that many: every cell gets a dmon figure on a GPU."""
+        if min(r.probe.dmon_samples for r in self.measured) >= samples:
+            return
+        self.window = self.probe.window(
+            lambda: run_phase(self.backend, self.prompt, self.cfg.phase, self.cfg.steps), samples + 0.5)
+
+    def dissect(self) -> None:
+        """Wireshark's TCP analysis of the last measured round's capture (harness.measure.dissect:
+        retransmissions, zero windows, duplicate ACKs, bytes per lane), into that round's record.
+        Where tshark is missing (a GPU host without a registry) the record says so."""
+        last = self.measured[-1] if self.measured else None
+        if last is None or not self.probe.last_pcap.exists():
+            return
+        link = self.probe.link
+        try:
+            last.dissection = asdict(dissect(self.probe.last_pcap, link.client_addr, link.gpu_addr))
+        except RuntimeError as e:  # a tool missing: say so in the result, never silently
+            last.dissection = {"error": str(e)}
+
     def info(self) -> CellInfo:
         """Every round (warm-ups marked) and the measured rounds' summary."""
         rounds = [r.to_dict() for r in self.records]
@@ -90,8 +120,10 @@ class Cell:
             for r in rounds:
                 r["analysis"] = analyse_round(r, self.context)
         load = self.backend.load
+        window = None if self.window is None else asdict(self.window)
         return CellInfo(self.cfg.mode, self.cfg.phase, self.cfg.steps, self.cfg.model, self.cfg.dtype,
-                        self.probe.link.label, rounds, CellSummary.of([r for r in rounds if not r["warmup"]]),
+                        self.probe.link.label, rounds,
+                        CellSummary.of([r for r in rounds if not r["warmup"]], window),
                         None if load is None else asdict(load))
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from harness.compute.engine import EngineSpec, default_engine
 from harness.compute.models import ModelSpec, default_device, load_config, max_positions
 from harness.compute.phase import PHASES
 from harness.errors import UsageError
@@ -31,6 +32,7 @@ class SuiteOptions:
     ssh_identity: str | None = None
     ssh_known_hosts: str | None = None
     ssh_accept_new: bool = False
+    ssh_config: str | None = None     # an ssh_config file (ssh -F); default: ssh's own
     port: int = 29500
     channel: str = DEFAULT_CHANNEL
     rpc_timeout_s: float = 30.0
@@ -39,6 +41,8 @@ class SuiteOptions:
     link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
     link_gbps: float | None = None            # embedded default: shape the veth to this rate
     link_strict: bool = False                 # ... and fail instead
+    engine: str | None = None   # eager | static | graphs; None: graphs on CUDA, else eager
+    strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
     # field -> the flag that sets it, where not --gap-<field> (run_llm.py names some differently)
     flags: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -50,8 +54,14 @@ class SuiteOptions:
         if not self.gpu_host:
             return None
         ssh = SshTarget.parse(self.gpu_host, identity=self.ssh_identity,
-                              known_hosts=self.ssh_known_hosts, accept_new=self.ssh_accept_new)
+                              known_hosts=self.ssh_known_hosts, accept_new=self.ssh_accept_new,
+                              config=self.ssh_config)
         return GpuHost(ssh=ssh, python=self.remote_python, repo_dir=self.remote_dir or str(REPO))
+
+    @property
+    def engine_spec(self) -> EngineSpec:
+        """The engine every mode runs, its static cache sized to the prompt and every generated token."""
+        return EngineSpec(self.engine or default_engine(self.resolved_device), self.prompt_len + self.steps + 1)
 
     @property
     def spec(self) -> ModelSpec:
@@ -76,6 +86,10 @@ class SuiteOptions:
         if self.channel not in CHANNELS:
             raise UsageError(f"{self.flag('channel')} {self.channel!r}: use one of {', '.join(CHANNELS)}")
         self._validate_link()
+        if self.engine == "graphs" and not self.resolved_device.startswith("cuda"):
+            raise UsageError(f"{self.flag('engine')} graphs captures CUDA graphs: it needs a CUDA device, "
+                             f"not {self.resolved_device}; use eager or static")
+        self.engine_spec  # validates the engine's name
         self.host()  # validates the ssh target
         spec = self.spec  # validates model and dtype
         ctx = max_positions(load_config(spec))

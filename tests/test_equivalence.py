@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.compute.baseline import generate_cache
+from harness.compute.engine import EngineSpec
 from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
 from harness.compute.modes import LocalBackend, NaiveBackend, SysBackend
 from harness.compute.phase import run_phase
@@ -12,30 +14,44 @@ from harness.compute.phase import run_phase
 STEPS = 12
 
 
-def _generate(model, prompt, n_new):
+def _generate(model, prompt, n_new, engine: EngineSpec):
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
-                         min_new_tokens=n_new, do_sample=False)
+                         min_new_tokens=n_new, do_sample=False, **generate_cache(engine))
     return out[0, prompt.shape[1]:].tolist()
 
 
+@pytest.mark.parametrize("engine", ["eager", "static"])
 @pytest.mark.parametrize("name,dtype", [("tiny", "fp32"), ("tiny-llama", "fp32"), ("tiny-llama", "bf16")])
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_three_modes_and_generate_agree(gap_testbed, name, dtype, phase):
+def test_three_modes_and_generate_agree(gap_testbed, name, dtype, phase, engine):
+    """Every engine the CPU can run (graphs needs CUDA: the GPU run checks it the same way)."""
     spec = ModelSpec(name, dtype)
     model = build_model(spec, "cpu")
     prompt = prompt_ids(load_config(spec), 32, seed=0)
-    worker = gap_testbed.worker(spec)
+    eng = EngineSpec(engine, 32 + STEPS + 1)
+    worker = gap_testbed.worker(spec, eng)
     state_dict = model.state_dict()
     tokens = {}
-    makers = (lambda: LocalBackend(model), lambda: NaiveBackend(worker, state_dict),
+    makers = (lambda: LocalBackend(model, eng), lambda: NaiveBackend(worker, state_dict),
               lambda: SysBackend(worker, state_dict))  # in turn: naive unloads sys's weights
     for make in makers:
         backend = make()
         tokens[backend.mode] = run_phase(backend, prompt, phase, STEPS).tokens
-    expected = _generate(model, prompt, STEPS + 1 if phase == "decode" else 1)
+    expected = _generate(model, prompt, STEPS + 1 if phase == "decode" else 1, eng)
     assert tokens["local"] == expected, "local loop differs from generate()"
     assert tokens["naive"] == expected and tokens["sys_simulated"] == expected, tokens
     assert len(set(expected)) > 1 or phase == "prefill", "degenerate tokens prove nothing"
+
+
+def test_a_local_backend_reuses_its_static_slot():
+    """Sessions one after another on one static slot: the rewound cache gives the same tokens."""
+    spec = ModelSpec("tiny-llama")
+    model = build_model(spec, "cpu")
+    prompt = prompt_ids(load_config(spec), 16, seed=0)
+    backend = LocalBackend(model, EngineSpec("static", 16 + 6))
+    first = run_phase(backend, prompt, "decode", 5).tokens
+    assert run_phase(backend, prompt, "decode", 5).tokens == first
+    assert len(backend.engine._free) == 1, "the slot went back to the pool and was reused"
 
 
 def test_sys_releases_cache_and_counts_payload(gap_testbed):

@@ -156,12 +156,21 @@ def test_monitor_stops_when_command_missing(tmp_path):
 
 
 def test_real_h100_log_with_repeated_headers():
-    """A whole suite run on the H100: dmon repeated its two header lines mid-log."""
+    """A whole suite run on the H100: dmon repeated its two header lines mid-log (six times:
+    file lines 1-2, 47-48, 93-94, 139-140, 185-186, 231-232). By hand from the file: 254 lines,
+    12 of them headers, 242 samples, all of gpu 0, none '-'; the sm column sums to 1479 (119
+    samples at 0, the busiest 19 at line 90), the mem column to 84."""
     text = (DATA / "dmon-h100-repeated-headers.log").read_text()
-    headers = sum(1 for line in text.splitlines() if line.startswith("# gpu"))
-    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    rows = [r for r in rows if len(r) == 7]
     series = parse_dmon(text, gpu=0, column="sm")
-    assert headers > 1
-    assert series.n == len(rows)
-    assert series.mean == pytest.approx(sum(float(r[1]) for r in rows) / len(rows))
+    assert (series.gpu, series.column, series.n, series.samples_skipped) == (0, "sm", 242, 0)
+    assert sum(series.values) == 1479
+    assert series.mean == pytest.approx(1479 / 242)  # 6.1116
+    assert series.values.count(0.0) == 119 and max(series.values) == 19.0
+    # samples in log order across the repeated headers: file line L after h header lines is
+    # sample L - 1 - h (line 57: the first busy sample, 10; line 90: 19; line 95, after the third
+    # header pair: 14; line 246, the last busy one: 4; lines 247-254 idle)
+    assert series.values[:52] == [0.0] * 52
+    assert (series.values[52], series.values[85], series.values[88], series.values[233]) == (10.0, 19.0, 14.0, 4.0)
+    assert series.values[234:] == [0.0] * 8
+    mem = parse_dmon(text, gpu=0, column="mem")
+    assert (mem.n, sum(mem.values)) == (242, 84)

@@ -12,8 +12,15 @@ def test_state_dict_round_trip_counts_tied_weights_once():
     sd = model.state_dict()
     assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr(), "tiny ties its weights"
     packed = pack(sd)
-    assert tensor_bytes(packed) == tensor_bytes(sd), "packing adds or drops bytes"
+    # tiny by hand (GPT-2, vocab V 4096, positions P 512, width E 128, 2 layers), numel:
+    # wte V*E 524,288; wpe P*E 65,536; per layer ln_1 2E 256, c_attn E*3E+3E 49,536, c_proj
+    # E*E+E 16,512, ln_2 256, c_fc E*4E+4E 66,048, mlp c_proj 4E*E+E 65,664 = 198,272, x 2 =
+    # 396,544; ln_f 256; lm_head is wte (tied): 986,624 numel x 4 bytes (fp32) = 3,946,496
+    assert tensor_bytes(sd) == 3_946_496, "tied lm_head counted twice, or a tensor missed"
+    assert sum(t.nbytes for t in sd.values()) == 3_946_496 + 524_288 * 4  # listed: lm_head again
     assert len(packed.buffers) == 1
+    assert packed.buffers["float32"].numel() * 4 == 3_946_496, "packing adds or drops bytes"
+    assert tensor_bytes(packed) == 3_946_496
     back = unpack(packed)
     assert list(back) == list(sd)
     for name, t in sd.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import UsageError
 from harness.testbed import netns
+from harness.testbed.hosts import GpuHost, SshTarget
 from harness.testbed.sshd import SshServer, keygen
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,12 +38,15 @@ def gpu_host():
         netns.destroy(link)
 
 
-def suite(sshd, *args, env=None, timeout=300):
+def suite(sshd, *args, env=None, timeout=300, ssh_args=None):
+    """ssh_args: how the suite reaches the GPU host [the test sshd's target, key and known_hosts]."""
+    if ssh_args is None:
+        ssh_args = ["--gap-gpu-host", sshd.target, "--gap-ssh-identity", str(sshd.client_key),
+                    "--gap-ssh-known-hosts", str(sshd.known_hosts), "--gap-ssh-accept-new"]
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-p", "no:xdist",
            "--gap-model", "tiny", "--gap-steps", "3", "--gap-rounds", "1", "--gap-warmup", "0",
-           "--gap-prompt-len", "16", "--gap-gpu-host", sshd.target,
-           "--gap-ssh-identity", str(sshd.client_key), "--gap-ssh-known-hosts", str(sshd.known_hosts),
-           "--gap-ssh-accept-new", "--gap-remote-python", sys.executable, "--gap-remote-dir", str(REPO),
+           "--gap-prompt-len", "16", *ssh_args,
+           "--gap-remote-python", sys.executable, "--gap-remote-dir", str(REPO),
            *args]
     env = {k: v for k, v in (env or os.environ).items() if not k.startswith("PYTEST_XDIST")}
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -113,8 +119,105 @@ def test_session_faults_fail_fast_with_one_clear_line(gpu_host, fault, tmp_path)
     rc, out = finish(suite(sshd, "-k", "prefill-local", *args), timeout=120)
     elapsed = time.monotonic() - t0
     print(f"{fault}: session over in {elapsed:.1f} s")
-    assert rc != 0 and needle in out, out[-3000:]
+    assert rc == 4 and needle in out, out[-3000:]  # the session ends as on a bad option
+    assert len([line for line in out.splitlines() if needle in line]) == 1, out[-3000:]  # once, one line
     assert elapsed < FAULT_BOUND_S + 15, elapsed  # pytest and torch start-up on top of the fault
+    assert_nothing_left(link)
+
+
+def ssh_config(path: Path, alias: str, sshd, hostname: str, extra: str = "") -> Path:
+    """An ssh configuration that names the test sshd by alias alone: the suite gets nothing else."""
+    path.write_text(f"""Host {alias}
+    HostName {hostname}
+    Port {sshd.port}
+    User root
+    IdentityFile {sshd.client_key}
+    IdentitiesOnly yes
+    UserKnownHostsFile {sshd.known_hosts}
+    StrictHostKeyChecking accept-new
+{extra}""")
+    return path
+
+
+def test_alias_is_read_as_ssh_reads_it(gpu_host, tmp_path):
+    """`ssh -G` with the suite's own options: the alias's HostName, Port and User, while the
+    destination stays the alias (its other settings still apply); the options given win."""
+    link, sshd = gpu_host
+    config = ssh_config(tmp_path / "ssh_config", "gpu-alias", sshd, link.gpu_addr)
+    t = SshTarget.parse("gpu-alias", config=str(config)).effective()
+    assert (t.hostname, t.port, t.user, t.host) == (link.gpu_addr, sshd.port, "root", "gpu-alias")
+    assert t.ssh_argv()[:3] == ["ssh", "-F", str(config)] and t.ssh_argv()[-1] == "root@gpu-alias"
+    # the port the capture leaves out as ssh's (harness.measure.probe) is the alias's, not 22
+    assert GpuHost(ssh=SshTarget.parse("gpu-alias", config=str(config))).effective().ssh.port == sshd.port
+    t = SshTarget.parse("nobody@gpu-alias:2299", config=str(config)).effective()
+    assert (t.hostname, t.port, t.user) == (link.gpu_addr, 2299, "nobody")
+    with pytest.raises(UsageError, match=r"^ssh cannot read its configuration for gpu-alias: .*"
+                                         r"no-such-config: No such file"):
+        SshTarget.parse("gpu-alias", config=str(tmp_path / "no-such-config")).effective()
+
+
+def test_suite_through_an_ssh_config_alias(gpu_host, tmp_path):
+    """--gap-gpu-host names a Host alias of an ssh config file (--gap-ssh-config): the address,
+    port, user, key and known_hosts all come from the alias, as they do for `ssh gpu-alias`."""
+    link, sshd = gpu_host
+    config = ssh_config(tmp_path / "ssh_config", "gpu-alias", sshd, link.gpu_addr)
+    out_json = tmp_path / "alias.json"
+    rc, out = finish(suite(sshd, "-k", "prefill", f"--benchmark-json={out_json}",
+                           ssh_args=["--gap-gpu-host", "gpu-alias", "--gap-ssh-config", str(config)]))
+    assert rc == 0, out[-4000:]
+    data = json.loads(out_json.read_text())
+    assert data["machine_info"]["semantic_gap"]["link"].endswith(f"-> {link.gpu_addr} (ssh root@gpu-alias)")
+    cells = {b["name"]: b["extra_info"] for b in data["benchmarks"] if "summary" in b["extra_info"]}
+    assert sorted(cells) == [f"test_cell[prefill-{m}]" for m in ("local", "naive", "sys_simulated")]
+    naive = cells["test_cell[prefill-naive]"]
+    assert naive["summary"]["link_bytes"]["mean"] > 1_000_000, "the worker's bytes crossed the veth"
+    assert_nothing_left(link)
+
+
+RELAY = """import os, socket, sys, threading
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while data := os.read(0, 65536):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := s.recv(65536):
+    os.write(1, data)
+"""
+
+
+@pytest.mark.parametrize("case", ["unknown name", "reachable through a proxy only"])
+def test_unresolvable_alias_is_one_line_once(gpu_host, tmp_path, case):
+    """An alias whose HostName this host cannot resolve: one line, printed once, and the session
+    ends (pytest's usage-error status), not a traceback repeated for every cell.
+    - unknown name: ssh itself cannot resolve it, and says so;
+    - reachable through a proxy only (a ProxyCommand: ssh works) but the RPC needs an address
+      here: the suite says to pass --gap-gpu-addr."""
+    link, sshd = gpu_host
+    if case == "unknown name":
+        config = ssh_config(tmp_path / "ssh_config", "gpu-bad", sshd, "gpu-nowhere.invalid")
+        needle = "ssh to root@gpu-bad failed: ssh: Could not resolve hostname gpu-nowhere.invalid"
+    else:
+        relay = tmp_path / "relay.py"
+        relay.write_text(RELAY)
+        config = ssh_config(tmp_path / "ssh_config", "gpu-bad", sshd, "gpu-nowhere.invalid",
+                            f"    ProxyCommand {sys.executable} {relay} {link.gpu_addr} %p\n")
+        needle = ("cannot resolve GPU host 'gpu-bad' (HostName 'gpu-nowhere.invalid' in the ssh "
+                  "configuration)")
+    t0 = time.monotonic()
+    rc, out = finish(suite(sshd, ssh_args=["--gap-gpu-host", "gpu-bad", "--gap-ssh-config", str(config)]),
+                     timeout=120)
+    elapsed = time.monotonic() - t0
+    assert rc == 4, out[-3000:]  # pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in out.splitlines() if needle in line]
+    assert len(lines) == 1, out[-3000:]
+    if case != "unknown name":
+        assert lines[0].rstrip(" !").endswith(": pass --gap-gpu-addr"), lines[0]
+    assert "Traceback" not in out and "UsageError" not in out, out[-3000:]
+    summary = [line for line in out.splitlines() if re.match(r"^=+ .* in [\d.]+s", line)]
+    # no cell errored, one by one, on the same fault: the session ended at the first
+    assert len(summary) == 1 and not re.search(r"error|failed", summary[0]), out[-3000:]
+    assert elapsed < FAULT_BOUND_S + 15, elapsed
     assert_nothing_left(link)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.compute.calls import call
-from harness.compute.models import forward_step
+from harness.compute.engine import Engine, EngineSpec
 from harness.compute.packing import Packed, pack, tensor_bytes
 from harness.compute.timers import Clock
 
@@ -54,30 +54,33 @@ class LocalBackend:
     mode = "local"
     load = None  # nothing to load: the model lives here
 
-    def __init__(self, model):
-        self.model = model
-        self.device = next(model.parameters()).device
+    def __init__(self, model, engine: EngineSpec = EngineSpec()):
+        self.engine = Engine(model, engine)
+        self.device = self.engine.device
         self.tally = Tally()
-        self.cache = None
+        self.slot = None
 
     def prefill(self, ids):
-        from transformers import DynamicCache
-        self.cache = DynamicCache()
+        self.end()
+        self.slot = self.engine.new_slot()
         return self._forward(ids)
 
     def step(self, tok):
         return self._forward(tok)
 
     def _forward(self, ids):
-        """Timed like the worker's compute, so busy fractions compare across modes."""
+        """Timed like the worker's compute (and its CUDA-event span), so they compare across modes."""
         clock = Clock(self.device)
-        logits = forward_step(self.model, ids.to(self.device), self.cache)
+        logits = self.engine.forward(self.slot, ids.to(self.device))
         clock.lap("compute_s")
+        clock.add("gpu_span_s", self.engine.gpu_span_s())
         self.tally.add(0, 0, clock.split)
         return logits
 
     def end(self):
-        self.cache = None
+        if self.slot is not None:
+            self.engine.release(self.slot)
+            self.slot = None
 
 
 class NaiveBackend:

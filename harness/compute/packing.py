@@ -1,13 +1,13 @@
-"""Payload bytes computed from the tensors themselves, many tensors packed into one buffer for
-the wire, and the KV cache in a wire-friendly form.
+"""Payload bytes computed from the tensors themselves, and many tensors packed into one buffer
+for the wire.
 
 Counting rule (stated once, used everywhere): a tensor costs the bytes of its *storage*, and a
 storage shared by several tensors counts once per message. That is what torch RPC's pickler puts
 on the wire: it ships storages, not views, and a storage referenced twice in one message crosses
-once. So GPT-2's tied `lm_head.weight`/`transformer.wte.weight` is counted once (measured: the
-wire carried ~249.5 MB of gpt2's 326 MB fp16 state_dict, whose listing counts the tied pair twice). The remote modes send Packed buffers (below):
-their storages are the buffers, which hold each distinct tensor's own elements once (a slice packs
-its elements, not its base storage; a tied pair packs once).
+once. So GPT-2's tied `lm_head.weight`/`transformer.wte.weight` is counted once (measured: the wire
+carried ~249.5 MB of gpt2's 326 MB fp16 state_dict, whose listing counts the tied pair twice). The
+remote modes send Packed buffers (below): their storages are the buffers, which hold each distinct
+tensor's own elements once (a slice packs its elements, not its base storage; a tied pair packs once).
 """
 from __future__ import annotations
 
@@ -39,17 +39,6 @@ def tensor_bytes(obj) -> int:
         s = t.untyped_storage()
         storages[(s.device, s.data_ptr())] = s.nbytes()
     return sum(storages.values())
-
-
-def cache_to_kv(cache) -> KV:
-    """A transformers Cache -> plain per-layer (keys, values) tensors, which pickle cleanly."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def kv_to_cache(kv: KV):
-    from transformers import DynamicCache
-    return DynamicCache(ddp_cache_data=kv)
-
 
 
 class Packed(NamedTuple):

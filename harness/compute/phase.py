@@ -41,8 +41,11 @@ class PhaseResult:
         return asdict(self) | {"tpot_s": self.tpot_s}
 
 
-def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=None) -> PhaseResult:
-    """prompt: [1, T] int64 on the CPU. on_step(i, n) is called after each forward (progress)."""
+def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=None,
+              end_session: bool = True) -> PhaseResult:
+    """prompt: [1, T] int64 on the CPU. on_step(i, n) is called after each forward (progress).
+    end_session=False leaves backend.end() (releasing the worker's cache) to the caller, so that a
+    timer around this call (pytest-benchmark's) times the phase alone."""
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
     n_steps = steps if phase == "decode" else 0
     t = backend.tally
@@ -70,7 +73,8 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
             on_step(i + 1, n_steps)
         client_s += (mark - ts) + (time.perf_counter() - back)
     latency = time.perf_counter() - t0
-    backend.end()  # outside the timed region: releasing a cache is session teardown
+    if end_session:
+        backend.end()  # after latency was taken: releasing a cache is session teardown
     server = {k: v - start[2].get(k, 0.0) for k, v in t.server_s.items()}
     return PhaseResult(backend.mode, phase, tokens, latency, ttft, step_times,
                        t.payload_tx_bytes - start[0], t.payload_rx_bytes - start[1],

@@ -17,5 +17,9 @@ class Clock:
         if self.cuda:
             torch.cuda.synchronize()
         now = time.perf_counter()
-        self.split[name] = self.split.get(name, 0.0) + now - self.t
+        self.add(name, now - self.t)
         self.t = now
+
+    def add(self, name: str, seconds: float | None) -> None:
+        if seconds is not None:
+            self.split[name] = self.split.get(name, 0.0) + seconds

@@ -28,8 +28,10 @@ from typing import NamedTuple
 import torch
 
 from harness.compute import hostmem
-from harness.compute.models import ModelSpec, build_model, default_device, forward_step
-from harness.compute.packing import Packed, cache_to_kv, kv_to_cache, pack_kv, unpack, unpack_kv
+from harness.compute.models import ModelSpec, build_model, default_device
+from harness.compute.packing import Packed, pack_kv, unpack, unpack_kv
+from harness.compute.engine import Engine, EngineSpec
+from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
 from harness.measure.nvml import make_sampler
 
@@ -71,12 +73,15 @@ def _tensors_of(state_dict: dict | Packed) -> dict:
 class RemoteWorker:
     MAX_SESSIONS = 64  # live KV caches; more means a client forgot release_cache_remote
 
-    def __init__(self, spec: ModelSpec, device: str | None = None):
+    def __init__(self, spec: ModelSpec, device: str | None = None, engine: EngineSpec = EngineSpec()):
         self.device = torch.device(device or default_device())
         self.spec = spec
         # one thread for all model work: it also serialises requests, so no lock is needed
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
         self.model = self._on_compute_thread(build_model, spec, self.device, with_weights=False)
+        self.params = self._on_compute_thread(FlatParams, self.model)  # weights land here in bulk
+        self.engine = self._on_compute_thread(Engine, self.model, engine)
+        self.staging = HostStaging(self.device)
         self.weights_loaded = False
         self.caches: dict[str, object] = {}
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
@@ -89,13 +94,16 @@ class RemoteWorker:
     def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
         """state_dict: a dict of tensors or its Packed form (harness.compute.packing.pack)."""
         clock = Clock(self.device)
-        self.model.load_state_dict(_tensors_of(state_dict))  # copies host tensors into device params
+        self._load(state_dict)
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
-        cache = kv_to_cache(unpack_kv(kv_cache.to(self.device))) if kv_cache else self._new_cache()
+        slot = self.engine.new_slot()
+        if kv_cache:
+            self.engine.load_kv(slot, unpack_kv(self.staging.packed_to_device(kv_cache)))
         clock.lap("h2d_s")
-        logits = self._step(input_ids, cache, clock)
-        reply_kv = pack_kv(cache_to_kv(cache)).to("cpu")  # packed on the device: one copy back
+        logits = self._step(input_ids, slot, clock)
+        reply_kv = pack_kv(self.engine.kv(slot)).to("cpu")  # packed on the device: one copy back
+        self.engine.release(slot)  # its buffers (and captured step) serve the next call; its contents do not
         clock.lap("d2h_s")
         return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
 
@@ -103,7 +111,7 @@ class RemoteWorker:
     @_compute_thread
     def load_weights_remote(self, state_dict) -> Reply:
         clock = Clock(self.device)
-        self.model.load_state_dict(_tensors_of(state_dict))
+        self._load(state_dict)
         self.weights_loaded = True
         clock.lap("load_s")
         return Reply(torch.empty(0), server_s=clock.split)
@@ -115,10 +123,10 @@ class RemoteWorker:
             raise RuntimeError(f"KV cache store full ({self.MAX_SESSIONS} sessions): call "
                                "release_cache_remote(kv_cache_id) when a session ends")
         kv_cache_id = uuid.uuid4().hex
-        cache = self._new_cache()
+        slot = self.engine.new_slot()
         clock = Clock(self.device)
-        logits = self._step(token_ids, cache, clock)
-        self.caches[kv_cache_id] = cache
+        logits = self._step(token_ids, slot, clock)
+        self.caches[kv_cache_id] = slot
         return Reply(logits, kv_cache_id=kv_cache_id, server_s=clock.split)
 
     @_compute_thread
@@ -130,15 +138,22 @@ class RemoteWorker:
 
     @_compute_thread
     def release_cache_remote(self, kv_cache_id: str) -> None:
-        self._cache(kv_cache_id)
+        self.engine.release(self._cache(kv_cache_id))
         del self.caches[kv_cache_id]
 
     # -- housekeeping -------------------------------------------------------------------------
     @_compute_thread
     def reset_remote(self) -> None:
         """Drop every cache and forget the weights: a new cell starts from nothing."""
+        for slot in self.caches.values():
+            self.engine.release(slot)
         self.caches.clear()
         self.weights_loaded = False
+
+    @_compute_thread
+    def copy_bandwidth_remote(self) -> dict:
+        """Pinned host<->device GB/s on this host (harness.compute.staging.copy_bandwidth)."""
+        return copy_bandwidth(self.device)
 
     def noop_remote(self) -> None:
         """The control benchmark's round trip: RPC cost with no work behind it."""
@@ -167,22 +182,28 @@ class RemoteWorker:
         return {"sessions": len(self.caches), "malloc": hostmem.POLICY,
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,
+                "gpu_reserved_bytes": torch.cuda.memory_reserved(self.device) if cuda else None,
                 "device": str(self.device),
                 "gpu_name": torch.cuda.get_device_name(self.device) if cuda else None}
 
-    def _step(self, ids, cache, clock: Clock) -> torch.Tensor:
-        """One forward extending cache; charges h2d/compute/d2h to clock; logits on the CPU."""
+    def _step(self, ids, slot, clock: Clock) -> torch.Tensor:
+        """One forward extending the slot's cache; charges h2d/compute/d2h to clock; logits on the CPU."""
         ids = ids.to(self.device)
         clock.lap("h2d_s")
-        logits = forward_step(self.model, ids, cache)
+        logits = self.engine.forward(slot, ids)
         clock.lap("compute_s")
+        clock.add("gpu_span_s", self.engine.gpu_span_s())
         logits = logits.cpu()
         clock.lap("d2h_s")
         return logits
 
-    def _new_cache(self):
-        from transformers import DynamicCache
-        return DynamicCache()
+    def _load(self, state_dict: dict | Packed) -> None:
+        """The client's pack of the same model lands in bulk (FlatParams); anything else, such as
+        a plain dict of tensors, through load_state_dict."""
+        if isinstance(state_dict, Packed) and self.params.matches(state_dict):
+            self.params.load(state_dict, self.staging)
+        else:
+            self.model.load_state_dict(_tensors_of(state_dict))
 
     def _require_weights(self):
         if not self.weights_loaded:

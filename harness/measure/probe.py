@@ -43,6 +43,18 @@ class ProbeReading:
         return self.link_tx_bytes + self.link_rx_bytes
 
 
+@dataclass(frozen=True)
+class UtilWindow:
+    """GPU utilization over a window of back-to-back runs of a phase: dmon's SM% (the plan's
+    method) over at least a few of its 1 s samples, and NVML's utilization beside it."""
+    seconds: float
+    runs: int
+    dmon_sm_pct: float | None
+    dmon_samples: int
+    nvml_util_pct: float | None
+    nvml_samples: int
+
+
 class WorkerSampler:
     """The worker's NVML sampler, started and stopped over RPC outside the counted region, and
     its host's clock for the offset estimate."""
@@ -77,6 +89,7 @@ class RoundProbe:
         self._cap = self._dmon = self._c0 = self._pre = None
         self._clock = (0.0, None)
         self.packets = None  # harness.measure.pcap.PcapPackets of the last round, or None
+        self.last_pcap = self.workdir / "last-round.pcap"  # the last stopped round's capture
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +122,22 @@ class RoundProbe:
         return ProbeReading(d["tx_bytes"], d["rx_bytes"], d["tx_packets"] + d["rx_packets"],
                             *pcap, sm, samples, *nvml, control, *self._clock)
 
+    def window(self, run, min_s: float) -> UtilWindow | None:
+        """run() back to back for at least min_s under dmon and the NVML sampler, no capture and
+        no counters (nothing here is timed or counted as a round). None where dmon cannot run."""
+        if not self.dmon_on:
+            return None
+        self._dmon = DmonMonitor(self.workdir / "window.log", prefix=self.link.gpu_prefix).start()
+        if self.sampler:
+            self.sampler.start()
+        t0, runs = time.perf_counter(), 0
+        while time.perf_counter() - t0 < min_s:
+            run()
+            runs += 1
+        seconds = time.perf_counter() - t0
+        nvml = self.sampler.stop() if self.sampler else (None, 0)
+        return UtilWindow(seconds, runs, *self._stop_dmon(), *nvml)
+
     def abort(self) -> None:
         """Stop everything without reading it (an error in the round)."""
         for proc in (self._cap, self._dmon):
@@ -133,6 +162,7 @@ class RoundProbe:
         stats, self._cap = self._cap.stop(), None
         totals = read_pcap(stats.pcap_path, self.link.client_addr, self.link.gpu_addr, per_packet=True)
         self.packets = totals.per_packet
-        stats.pcap_path.unlink()  # can be tens of MB a round; the totals are what we keep
+        # tens of MB a round: the totals are what we keep, and the last round's file for dissection
+        stats.pcap_path.replace(self.last_pcap)
         return (totals.bytes_total, totals.bytes_a_to_b, totals.bytes_b_to_a, totals.packets,
                 stats.packets_dropped, totals.read_s)

@@ -8,35 +8,19 @@ at the end of a run and the one made later from the JSON are the same computatio
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from harness.report.plots import plot
-from harness.report.summary import CellInfo
+from harness.report.summary import load_infos
 from harness.report.tables import full_report, table_rows
 
-CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead"}
 
-
-def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict | None]:
-    """(the cells, the harness checks' extra_info by name, the link check) from a JSON."""
-    data = json.loads(Path(path).read_text())
-    benches = data.get("benchmarks", [])
-    infos = [CellInfo.from_dict(b["extra_info"]) for b in benches if "summary" in b.get("extra_info", {})]
-    if not infos:
-        raise ValueError(f"{path}: no semantic-gap cells in it (was it written by `pytest benchmarks "
-                         "--benchmark-json=...`?)")
-    controls = {CONTROL_TESTS[b["name"]]: b["extra_info"] for b in benches if b["name"] in CONTROL_TESTS}
-    link = data.get("machine_info", {}).get("semantic_gap", {}).get("link_check")
-    return infos, controls, link
-
-
-def write_all(infos: list[dict], out_dir: Path, controls: dict | None = None, link: dict | None = None) -> list[Path]:
+def write_all(infos: list, out_dir: Path, controls: dict | None = None, env: dict | None = None) -> list[Path]:
     import pandas as pd
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "table.md"
-    md.write_text(full_report(infos, controls, link) + "\n")
+    md.write_text(full_report(infos, controls, env) + "\n")
     csv = out_dir / "table.csv"
     rows = table_rows(infos)
     pd.DataFrame(rows).to_csv(csv, index=False)
@@ -49,12 +33,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="folder for table.md, table.csv, *.png [beside the JSON]")
     args = p.parse_args(argv)
     try:
-        infos, controls, link = load_infos(args.json)
+        infos, controls, env = load_infos(args.json)
     except (OSError, ValueError, KeyError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
-    print(full_report(infos, controls, link))
-    for path in write_all(infos, args.out or args.json.parent, controls, link):
+    print(full_report(infos, controls, env))
+    for path in write_all(infos, args.out or args.json.parent, controls, env):
         print(f"wrote {path}")
     return 0
 

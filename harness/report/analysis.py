@@ -65,7 +65,8 @@ def breakdown(r: dict, link_bytes: int, iperf_gbps: float | None) -> dict:
         parts[k] = tl.get(k) if remote else 0.0
     measured = [v for v in parts.values() if v is not None]
     total = sum(measured)
-    handling = sum(left - entered for _, entered, left, _ in stamps) if stamps else sum(server.values())
+    handling = (sum(left - entered for _, entered, left, _ in stamps) if stamps
+                else sum(parts[k] for k in SERVER_PARTS))
     transport_s = r["rpc_s"] - handling if remote else 0.0
     gbps = link_bytes * 8 / transport_s / 1e9 if transport_s > 0 else None
     wire_s = (tl["wire_tx_s"] + tl["wire_rx_s"]) if tl else None
@@ -80,12 +81,14 @@ def breakdown(r: dict, link_bytes: int, iperf_gbps: float | None) -> dict:
 
 
 def utilization(r: dict) -> dict:
-    busy = r["server_s"].get("compute_s")
+    # the forward passes' device time (CUDA events, first to last kernel, on the GPU host) over
+    # the round's wall time: how much of the round the GPU had work in flight
+    span = r["server_s"].get("gpu_span_s")
     short = r["latency_s"] < DMON_PERIOD_S
     return {"util_dmon_sm_pct": None if short else r["gpu_sm_pct"],
             "util_dmon_note": (f"round ({r['latency_s']:.3f} s) shorter than dmon's "
                                f"{DMON_PERIOD_S:.0f} s sample period: no honest average")
                               if short and r["gpu_sm_pct"] is not None else None,
             "util_nvml_pct": r["nvml_util_pct"],
-            "util_busy_fraction": busy / r["latency_s"] if busy is not None and r["latency_s"] else None,
+            "util_gpu_span_fraction": span / r["latency_s"] if span is not None and r["latency_s"] else None,
             "analysis_share": r["analysis_s"] / r["latency_s"] if r.get("analysis_s") is not None else None}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -37,11 +39,22 @@ def link_facts(iface: str) -> dict:
     return {"iface": iface, "mtu": read("mtu"), "speed_mbps": read("speed")}
 
 
+def changed_files(repo: Path) -> list[str] | None:
+    """Tracked files that differ from the commit (what pytest-benchmark's `dirty` means); None
+    where repo is no git checkout."""
+    out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                         capture_output=True, text=True)
+    return None if out.returncode != 0 else [line[3:] for line in out.stdout.splitlines()]
+
+
 def describe_testbed(bed, opts) -> dict:
-    return {"versions": versions(), "gpu": nvidia_smi(bed.link.host), "link": bed.link.label,
+    return {"versions": versions(), "command": ["pytest", *sys.argv[1:]], "strict": opts.strict,
+            "prompt_len": opts.prompt_len, "steps": opts.steps, "rounds": opts.rounds, "warmup": opts.warmup,
+            "gpu": nvidia_smi(bed.link.host), "link": bed.link.label,
             "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),
             "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
             "model": opts.spec.name, "dtype": opts.spec.dtype,
             "device": opts.resolved_device,
             # the worker's host-memory policy changes what the naive mode's receive costs (alloc.py)
-            "worker_malloc": call(bed.worker(opts.spec), "stats_remote")["malloc"]}
+            "worker_malloc": call(bed.worker(opts.spec, opts.engine_spec), "stats_remote")["malloc"],
+            "engine": opts.engine_spec.name}

@@ -96,7 +96,8 @@ def closure(payload: Payload, wire_bytes: int, packets: int | None, per_message_
     """packets: pcap packet count of the round (both directions); None without a capture."""
     overhead = (packets or 0) * HEADER_BYTES + payload.calls * per_message_bytes
     predicted = int(payload.total + overhead)
-    err = (wire_bytes - predicted) / wire_bytes if wire_bytes else 0.0
+    # nothing on the wire is all of the payload missing, not a perfect match
+    err = (wire_bytes - predicted) / wire_bytes if wire_bytes else (-1.0 if predicted else 0.0)
     if payload.total < CLOSURE_MIN_PAYLOAD or packets is None:
         verdict = "n/a (<1 MB)" if payload.total < CLOSURE_MIN_PAYLOAD else "n/a (no capture)"
     else:

@@ -8,8 +8,10 @@ it) instead of printing "n/a" for a key that was renamed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Stat:
 ROUND_STATS = ("latency_s", "ttft_s", "tpot_s", "link_bytes", "pcap_bytes", "payload_tx_bytes",
                "payload_rx_bytes", "gpu_sm_pct")
 # ... and from each measured round's analysis (harness.report.analysis.analyse_round)
-ANALYSIS_STATS = ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_busy_fraction", "wire_gbps",
+ANALYSIS_STATS = ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_gpu_span_fraction", "wire_gbps",
                   "wire_vs_iperf", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio",
                   "unattributed_s")
 
@@ -49,7 +51,7 @@ class CellSummary:
     closure_error: Stat
     util_dmon_sm_pct: Stat      # dmon's sm over rounds at least one dmon period long
     util_nvml_pct: Stat
-    util_busy_fraction: Stat
+    util_gpu_span_fraction: Stat  # forwards' CUDA-event span over the round's wall time
     wire_gbps: Stat
     wire_vs_iperf: Stat
     wire_only_gbps: Stat
@@ -61,11 +63,22 @@ class CellSummary:
     util_dmon_note: str | None          # why util_dmon_sm_pct has no value, where it has none
     time: dict[str, float | None]       # mean seconds per part (harness.report.analysis.TIME_PARTS)
     time_complete: bool                 # every part measured in every round
+    window: dict | None = None          # harness.measure.probe.UtilWindow, where rounds were too short for dmon
+    dissection: dict | None = None      # harness.measure.dissect.Dissection of the last measured round
+
+    @property
+    def sm_pct(self) -> tuple[float | None, str]:
+        """The cell's dmon SM% and what it averages: the window's where one ran, else the rounds'."""
+        if self.window and self.window["dmon_samples"]:
+            w = self.window
+            return w["dmon_sm_pct"], f"{w['dmon_samples']} samples over {w['runs']} runs back to back"
+        s = self.util_dmon_sm_pct
+        return s.mean, f"{s.n}/{self.latency_s.n} rounds"
 
     @classmethod
-    def of(cls, measured: list[dict]) -> "CellSummary":
+    def of(cls, measured: list[dict], window: dict | None = None) -> "CellSummary":
         """measured: the measured rounds' records (RoundRecord.to_dict(), with "analysis" where a
-        payload model was given)."""
+        payload model was given); window: a UtilWindow as a dict, where one ran."""
         analysed = [r["analysis"] for r in measured if "analysis" in r]
         stats = {k: Stat.of([_round_figure(r, k) for r in measured]) for k in ROUND_STATS}
         stats |= {k: Stat.of([a[k] for a in analysed]) for k in ANALYSIS_STATS}
@@ -75,16 +88,17 @@ class CellSummary:
                    closure_verdicts=sorted({a["closure_verdict"] for a in analysed}),
                    util_dmon_note=next((a["util_dmon_note"] for a in analysed if a["util_dmon_note"]), None),
                    time={k: Stat.of([a["time"][k] for a in analysed]).mean for k in (first or {}).get("time", {})},
-                   time_complete=bool(analysed) and all(a["time_complete"] for a in analysed))
+                   time_complete=bool(analysed) and all(a["time_complete"] for a in analysed), window=window,
+                   dissection=measured[-1].get("dissection") if measured else None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CellSummary":
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING]
         if missing:
             raise ValueError(f"cell summary lacks {', '.join(missing)}: written by another version of the "
-                           "suite; re-run it with this one")
+                             "suite; re-run it with this one")
         return cls(**{f.name: Stat(**d[f.name]) if f.type == "Stat" else d[f.name]
-                      for f in dataclasses.fields(cls)})
+                      for f in dataclasses.fields(cls) if f.name in d})
 
 
 def _round_figure(r: dict, key: str):
@@ -121,6 +135,23 @@ class CellInfo:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ValueError(f"cell result lacks {', '.join(missing)}: written by another version of the "
-                           "suite; re-run it with this one")
+                             "suite; re-run it with this one")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known} | {"summary": CellSummary.from_dict(d["summary"])})
+
+
+CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead",
+                 "test_serialisation_alone": "serialisation", "test_control_rpc_noop": "rpc_noop"}
+
+
+def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict]:
+    """(the cells, the harness checks' extra_info by name, the environment: machine_info's
+    semantic_gap, with the link check, copy rates and RPC channel) from a JSON."""
+    data = json.loads(Path(path).read_text())
+    benches = data.get("benchmarks", [])
+    infos = [CellInfo.from_dict(b["extra_info"]) for b in benches if "summary" in b.get("extra_info", {})]
+    if not infos:
+        raise ValueError(f"{path}: no semantic-gap cells in it (was it written by `pytest benchmarks "
+                         "--benchmark-json=...`?)")
+    controls = {CONTROL_TESTS[b["name"]]: b["extra_info"] for b in benches if b["name"] in CONTROL_TESTS}
+    return infos, controls, data.get("machine_info", {}).get("semantic_gap", {})

@@ -6,7 +6,10 @@ from __future__ import annotations
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.report.analysis import TIME_PARTS
+from harness.report.invariants import ANALYSIS_SHARE_MAX, PROBE_OVERHEAD_MAX, RPC_BOUND
+from harness.report.payload_model import CLOSURE_TOLERANCE
 from harness.report.units import human_bytes
+from harness.testbed.rpc import DEFAULT_CHANNEL, LANES
 
 COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]
 
@@ -22,9 +25,13 @@ def _sort_key(info):
 
 
 def _gpu_cell(s) -> str:
-    """The plan's dmon SM% average; never a 0 that only means 'no sample' or 'no GPU'."""
-    if s.util_dmon_sm_pct.mean is not None:
-        return _pm(s.util_dmon_sm_pct, lambda v: f"{v:.1f}")
+    """The plan's dmon SM% average over the rounds long enough for dmon, saying how many of the
+    measured rounds that was; never a 0 that only means 'no sample' or 'no GPU'."""
+    sm, how = s.sm_pct
+    if s.window and sm is not None:
+        return f"{sm:.1f} ({how})"
+    if sm is not None:
+        return f"{_pm(s.util_dmon_sm_pct, lambda v: f'{v:.1f}')} ({how})"
     if s.gpu_sm_pct.mean is None:
         return "n/a (no GPU)"
     nvml = s.util_nvml_pct.mean
@@ -44,7 +51,9 @@ def table_rows(infos) -> list[dict]:
             "latency_s_mean": s.latency_s.mean, "latency_s_std": s.latency_s.std,
             "link_bytes_mean": s.link_bytes.mean, "link_bytes_std": s.link_bytes.std,
             "pcap_bytes_mean": s.pcap_bytes.mean,
-            "gpu_sm_pct_mean": s.gpu_sm_pct.mean, "gpu_sm_pct_std": s.gpu_sm_pct.std,
+            # dmon over the rounds at least one dmon period long: what the table shows
+            "gpu_sm_pct_mean": s.util_dmon_sm_pct.mean, "gpu_sm_pct_std": s.util_dmon_sm_pct.std,
+            "gpu_sm_pct_rounds": s.util_dmon_sm_pct.n,
             "ttft_s_mean": s.ttft_s.mean, "tpot_s_mean": s.tpot_s.mean,
         })
     return rows
@@ -57,8 +66,8 @@ def markdown_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:
 
 
 CHECK_COLUMNS = ["Phase", "Mode", "Analytic payload", "pcap bytes", "Counter bytes", "Closure",
-                 "dmon SM %", "NVML util %", "Busy fraction", "RPC path Gbit/s (÷ iperf3)"]
-RPC_BOUND = 0.8  # below this share of iperf3 the RPC path, not the link, sets the naive mode's pace
+                 "dmon SM %", "NVML util %", "GPU span ÷ wall", "RPC path Gbit/s (÷ iperf3)",
+                 "TCP (last round, tshark)"]
 
 
 def _num(v, fmt):
@@ -78,14 +87,33 @@ def check_rows(infos) -> list[dict]:
             "Analytic payload": human_bytes(s.analytic_bytes or 0),
             "pcap bytes": human_bytes(s.pcap_bytes.mean),
             "Counter bytes": human_bytes(s.link_bytes.mean),
-            "Closure": f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)"),
+            "Closure": f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)") + _retransmitted(s.dissection),
             "dmon SM %": _num(dmon, lambda v: f"{v:.1f}") if dmon is not None or not s.util_dmon_note
                          else "n/a (< dmon period)",
             "NVML util %": _num(s.util_nvml_pct.mean, lambda v: f"{v:.1f}"),
-            "Busy fraction": _num(s.util_busy_fraction.mean, lambda v: f"{v:.2f}"),
+            "GPU span ÷ wall": _num(s.util_gpu_span_fraction.mean, lambda v: f"{v:.2f}"),
             "RPC path Gbit/s (÷ iperf3)": _rpc_path(MODES[info.mode], s.wire_gbps.mean, s.wire_vs_iperf.mean),
+            "TCP (last round, tshark)": _tcp(s.dissection),
         })
     return rows
+
+
+RETRANSMISSION_NOTE = 0.01  # above this share of TCP payload, retransmissions explain closure misses
+
+
+def _retransmitted(d: dict | None) -> str:
+    share = (d or {}).get("retransmission_share")
+    return f"; {share:.1%} of TCP payload retransmitted" if share and share > RETRANSMISSION_NOTE else ""
+
+
+def _tcp(d: dict | None) -> str:
+    """Wireshark's TCP analysis of the cell's last measured round."""
+    if not d:
+        return "n/a"
+    if "error" in d:
+        return f"n/a ({d['error'].split(':')[0]})"
+    return (f"retrans {d['retransmissions']} ({d['retransmission_share']:.2%}), zero-win {d['zero_window']}, "
+            f"dup-ACK {d['duplicate_acks']}, {len(d['flows'])} flows; {d['how']}")
 
 
 def _rpc_path(mode, gbps: float | None, ratio: float | None) -> str:
@@ -110,14 +138,91 @@ def time_rows(infos) -> list[dict]:
     return rows
 
 
-def harness_rows(infos, controls: dict, link: dict | None) -> list[dict]:
+GAP_COLUMNS = ["Phase", "Bytes ÷, steady state", "Bytes ÷, one session", "Latency ÷, steady state",
+               "Latency ÷, one session"]
+
+
+def gap_rows(infos) -> list[dict]:
+    """The semantics-blind mode over the semantics-aware one, per phase, two ways: steady state (a
+    round each, the aware mode's weights already on the GPU) and one whole session (the aware
+    mode's one-time weight load added to its round). Both are true; they answer different questions."""
+    by = {(i.phase, i.mode): i for i in infos}
+    blind = next(m.name for m in MODES.values() if m.remote and m.stateless)
+    aware = next(m.name for m in MODES.values() if m.remote and not m.stateless)
+    rows = []
+    for phase in PHASES:
+        b, a = by.get((phase, blind)), by.get((phase, aware))
+        if not (b and a):
+            continue
+        load = a.weight_load or {}
+        load_bytes = (load.get("link_tx_bytes") or 0) + (load.get("link_rx_bytes") or 0)
+        rows.append({"Phase": phase,
+                     "Bytes ÷, steady state": _ratio(b.summary.link_bytes.mean, a.summary.link_bytes.mean),
+                     "Bytes ÷, one session": _ratio(b.summary.link_bytes.mean, a.summary.link_bytes.mean + load_bytes),
+                     "Latency ÷, steady state": _ratio(b.summary.latency_s.mean, a.summary.latency_s.mean),
+                     "Latency ÷, one session": _ratio(b.summary.latency_s.mean,
+                                                      a.summary.latency_s.mean + load.get("latency_s", 0.0))})
+    return rows
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return "n/a" if not num or not den else f"{num / den:,.1f}x"
+
+
+FLOOR_COLUMNS = ["Phase", "Mode", "Latency (s)", "Floor (s)", "Measured ÷ floor", "Dominant part",
+                 "wire", "host→device", "device→host", "compute", "round trips"]
+
+
+def floor_rows(infos, controls: dict, env: dict) -> list[dict]:
+    """Per cell, the least its round could take on this link, bus and GPU, from controls measured
+    in the same run. A part whose control is missing is left out, and the row says so."""
+    lanes = LANES.get((env.get("rpc") or {}).get("channels", [DEFAULT_CHANNEL])[0], 1)
+    link_gbps = (env.get("link_check") or {}).get(f"iperf3_gbps_{lanes}_stream")
+    copy = env.get("copy_gbps") or {}
+    rtt = (controls.get("rpc_noop") or {}).get("rtt_s")
+    compute = {i.phase: i.summary.time.get("server_compute_s") for i in infos if not MODES[i.mode].remote}
+    rows = []
+    for info in sorted(infos, key=_sort_key):
+        parts = cell_floor(info, compute.get(info.phase), link_gbps, copy, rtt)
+        if not parts:
+            continue
+        floor = sum(v for v in parts.values() if v is not None)
+        measured = info.summary.latency_s.mean
+        rows.append({"Phase": info.phase, "Mode": info.mode, "Latency (s)": f"{measured:.4f}",
+                     "Floor (s)": f"{floor:.4f}", "Measured ÷ floor": f"{measured / floor:.2f}" if floor else "n/a",
+                     "Dominant part": max(parts, key=lambda k: parts[k] or 0),
+                     **{k: _num(v, lambda x: f"{x:.4f}") for k, v in parts.items()}})
+    return rows
+
+
+def cell_floor(info, compute_s: float | None, link_gbps: float | None, copy: dict, rtt_s: float | None) -> dict:
+    """The floor's parts (seconds per round): wire = payload ÷ the link's rate; host<->device =
+    what the worker must move ÷ pinned copy rates (naive: weights + cache in, cache + logits out);
+    compute = the local cell's forward time; round trips = calls x an empty RPC's (sys)."""
+    mode, s = MODES[info.mode], info.summary
+    tx, rx = s.payload_tx_bytes.mean or 0, s.payload_rx_bytes.mean or 0
+    calls = info.measured[0]["calls"] if info.measured else 0
+    parts = dict.fromkeys(FLOOR_COLUMNS[6:])
+    parts["compute"] = compute_s
+    if mode.remote:
+        parts["wire"] = (tx + rx) * 8 / (link_gbps * 1e9) if link_gbps else None
+    if mode.stateless:
+        parts["host→device"] = tx / (copy["h2d_gbps"] * 1e9) if copy else None
+        parts["device→host"] = rx / (copy["d2h_gbps"] * 1e9) if copy else None
+    elif mode.remote:
+        parts["round trips"] = calls * rtt_s if rtt_s else None
+    return parts if compute_s is not None else {}
+
+
+def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
     """The harness's own evidence: is the link measured, is the RPC path fast enough, what does
     the probe cost, is the baseline honest, does the payload model close, do the parts add up.
     A check with nothing to show in this run (no link, no controls run) has no row."""
     summaries = {i.name: i.summary for i in infos}
     rows = [_link_row(link), _rpc_path_row(summaries), _probe_cost_row(controls.get("capture_overhead")),
             _analysis_row(summaries), _baseline_row(controls.get("local_vs_generate")),
-            _closure_row(summaries), _time_sum_row(summaries)]
+            _closure_row(summaries), _time_sum_row(summaries),
+            _serialisation_row(summaries, controls.get("serialisation"))]
     return [{"Check": c, "Figure": f, "Target": t} for c, f, t in filter(None, rows)]
 
 
@@ -142,13 +247,14 @@ def _probe_cost_row(cap):
         return None
     q1, q3 = cap.get("on_over_off_iqr", (None, None))
     iqr = f" [quartiles {q1:.3f}-{q3:.3f}, {len(cap['latency_on_s'])} pairs]" if q1 else ""
-    return "latency probe on ÷ off (naive prefill)", f"{cap['on_over_off']:.3f}{iqr}", "<= 1.02"
+    return "latency probe on ÷ off (naive prefill)", f"{cap['on_over_off']:.3f}{iqr}", f"<= {PROBE_OVERHEAD_MAX}"
 
 
 def _analysis_row(summaries):
     shares = [(v.analysis_share.mean, k) for k, v in summaries.items() if MODES[k.split("-", 1)[1]].remote]
     worst = max((s for s in shares if s[0] is not None), default=None)
-    return worst and ("capture analysis ÷ round (worst remote cell)", f"{worst[0] * 100:.1f}% ({worst[1]})", "<= 5%")
+    return worst and ("capture analysis ÷ round (worst remote cell)", f"{worst[0] * 100:.1f}% ({worst[1]})",
+                      f"<= {ANALYSIS_SHARE_MAX:.0%}")
 
 
 def _baseline_row(base):
@@ -159,7 +265,17 @@ def _closure_row(summaries):
     judged = [(k, v.closure_error.mean) for k, v in summaries.items()
               if any(not verdict.startswith("n/a") for verdict in v.closure_verdicts)]
     figure = ", ".join(f"{k} {e * 100:+.2f}%" for k, e in judged)
-    return figure and ("payload closure error (cells >= 1 MB)", figure, "within ±2%")
+    return figure and ("payload closure error (cells >= 1 MB)", figure, f"within ±{CLOSURE_TOLERANCE:.0%}")
+
+
+def _serialisation_row(summaries, ser):
+    """Pickling measured alone against the timeline's client-side serialisation per call: the
+    timeline's part tiles the call between events, this one is timed on its own."""
+    naive = summaries.get("prefill-naive")
+    if not ser or not naive or naive.time.get("client_ser_s") is None:
+        return None
+    return ("naive prefill request: torch RPC pickle + unpickle alone vs the timeline's client_ser_s",
+            f"{ser['pickle_round_trip_s'] * 1e3:.3f} ms vs {naive.time['client_ser_s'] * 1e3:.3f} ms", "-")
 
 
 def _time_sum_row(summaries):
@@ -167,14 +283,23 @@ def _time_sum_row(summaries):
     return sums and ("time parts ÷ wall-clock (all cells)", f"{min(sums):.3f} - {max(sums):.3f}", "0.95 - 1.05")
 
 
-def full_report(infos, controls: dict | None = None, link: dict | None = None) -> str:
-    infos = list(infos)
-    checks = harness_rows(infos, controls or {}, link)
+def full_report(infos, controls: dict | None = None, env: dict | None = None) -> str:
+    """env: machine_info's semantic_gap (link check, copy rates, RPC channel), where known."""
+    infos, controls, env = list(infos), controls or {}, env or {}
+    checks = harness_rows(infos, controls, env.get("link_check") or {})
+    floors = floor_rows(infos, controls, env)
+    gaps = gap_rows(infos)
     return "\n\n".join([
         markdown_table(table_rows(infos)),
+        *(["naive ÷ sys_simulated (steady state: a round each; one session: sys_simulated's one-time "
+           "weight load added to its round):\n" + markdown_table(gaps, GAP_COLUMNS)] if gaps else []),
         "Measurement checks (means over measured rounds; iperf3 with as many streams as the RPC "
         f"channel has lanes; RPC-bound: under {RPC_BOUND:.0%} of it, the RPC path and not the link sets "
         "the naive mode's pace):\n" + markdown_table(check_rows(infos), CHECK_COLUMNS),
+        *(["Physical floor per round (s): what the link (iperf3, as many streams as lanes), the bus "
+           "(pinned copies) and the GPU (the local cell's forward time) allow; the naive worker "
+           "receives, loads, computes and replies in sequence, so its floor is their sum, and a "
+           "ratio under 1 means overlap beat it:\n" + markdown_table(floors, FLOOR_COLUMNS)] if floors else []),
         "Time breakdown (s per round, each part measured: client and server clocks, server timers,"
         " packet times; see harness/measure/timeline.py):\n"
         + markdown_table(time_rows(infos), ["Phase", "Mode", "Latency (s)", *TIME_PARTS, "sum / latency"]),

@@ -13,10 +13,11 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from harness.compute.engine import EngineSpec
 from harness.compute.models import ModelSpec
 from harness.errors import UsageError
 from harness.testbed import netns, rpc
-from harness.testbed.hosts import GpuHost
+from harness.testbed.hosts import GpuHost, SshTarget
 from harness.testbed.launcher import ServerProcess
 from harness.testbed.link import Link
 from harness.testbed.link import stats as link_stats
@@ -32,18 +33,19 @@ class Testbed:
     device: str | None = None      # the worker's device; None: the GPU host's default
     workers: dict = field(default_factory=dict)
 
-    def worker(self, spec: ModelSpec):
-        """An RRef to a RemoteWorker for spec on the GPU host (one per spec, made on first use)."""
+    def worker(self, spec: ModelSpec, engine: EngineSpec = EngineSpec()):
+        """An RRef to a RemoteWorker for spec, running engine, on the GPU host (one per pair, made
+        on first use)."""
         from torch.distributed import rpc as torch_rpc
 
         from harness.compute.worker import RemoteWorker
-        if spec not in self.workers:
-            rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device))
+        if (spec, engine) not in self.workers:
+            rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device, engine))
             rref.rpc_sync().noop_remote()  # waits until the skeleton is built and lanes are open
-            self.workers[spec] = rref
-        return self.workers[spec]
+            self.workers[spec, engine] = rref
+        return self.workers[spec, engine]
 
-    def backend(self, mode: str, spec: ModelSpec, weights):
+    def backend(self, mode: str, spec: ModelSpec, weights, engine: EngineSpec = EngineSpec()):
         """A fresh client backend of a remote mode (harness.compute.modes.MODES) on spec's worker,
         which forgets every earlier session's caches and weights first. sys_simulated's one-time
         weight load happens here, its link bytes counted into backend.load."""
@@ -51,7 +53,7 @@ class Testbed:
 
         from harness.compute.calls import call
         from harness.compute.modes import MODES
-        worker = self.worker(spec)
+        worker = self.worker(spec, engine)
         call(worker, "reset_remote")
         c0 = self.counters()
         backend = MODES[mode].backend(worker, weights)
@@ -72,11 +74,15 @@ def remote_link(gpu_addr: str, host: GpuHost = GpuHost()) -> Link:
     return Link("remote", src, gpu_addr, iface, "", None, host)
 
 
-def resolve(host: str) -> str:
+def resolve(target: SshTarget) -> str:
+    """The GPU host's address for RPC: the name ssh connects to (target.hostname, which
+    SshTarget.effective asked of `ssh -G`: an ssh config alias's HostName), resolved here."""
+    name = target.hostname or target.host
     try:
-        return socket.gethostbyname(host)
+        return socket.gethostbyname(name)
     except OSError as e:
-        raise UsageError(f"cannot resolve GPU host {host!r} ({e}): pass --gap-gpu-addr") from None
+        via = f" (HostName {name!r} in the ssh configuration)" if name != target.host else ""
+        raise UsageError(f"cannot resolve GPU host {target.host!r}{via} ({e}): pass --gap-gpu-addr") from None
 
 
 def embedded_link(rate_gbps: float | None = None) -> Link:
@@ -105,8 +111,9 @@ def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.D
     rpc_up = False
     try:
         if host and host.ssh:
+            host = host.effective()  # an ssh config alias: its HostName, Port and User, as ssh reads them
             host.check()
-            link = remote_link(gpu_addr or resolve(host.ssh.host), host)
+            link = remote_link(gpu_addr or resolve(host.ssh), host)
         else:
             link = remote_link(gpu_addr) if gpu_addr else embedded_link(link_gbps)
         cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)

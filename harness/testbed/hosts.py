@@ -3,14 +3,15 @@ over SSH (the OpenSSH client, so ~/.ssh/config, keys and agents work as users ex
 
 Every argument that reaches a remote shell goes through shlex.quote. Host keys are checked as
 ssh's own configuration says; `accept_new` loosens that to StrictHostKeyChecking=accept-new,
-never further.
+never further. A target may be a Host alias of the ssh configuration: `SshTarget.effective()`
+asks ssh itself (`ssh -G`) which host name, port and user it stands for.
 """
 from __future__ import annotations
 
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.errors import UsageError
 
@@ -27,6 +28,9 @@ class SshTarget:
     accept_new: bool = False
     connect_timeout_s: int = 10
     extra: tuple = field(default=())
+    config: str | None = None       # an ssh_config file (ssh -F); None: ssh's own (~/.ssh/config)
+    hostname: str | None = None     # the name ssh connects to (a Host alias's HostName), once
+                                    # effective() asked ssh; None: not asked
 
     @classmethod
     def parse(cls, text: str, **kw) -> "SshTarget":
@@ -44,7 +48,8 @@ class SshTarget:
         """The ssh client's argv up to and including the destination. tty: a remote terminal,
         so that the remote program gets SIGHUP when the session ends however it ends (a killed
         client, a cut link): no stray worker or dmon on the GPU host."""
-        argv = ["ssh", *(["-tt"] if tty else []), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
+        argv = ["ssh", *(["-F", self.config] if self.config else []), *(["-tt"] if tty else []),
+                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if self.accept_new:
             argv += ["-o", "StrictHostKeyChecking=accept-new"]
@@ -55,6 +60,35 @@ class SshTarget:
         if self.port:
             argv += ["-p", str(self.port)]
         return argv + list(self.extra) + [self.destination]
+
+    def effective(self, timeout_s: float = 10) -> "SshTarget":
+        """This target as ssh itself reads it: `ssh -G` with the very options the suite connects
+        with, so a Host alias's HostName, Port and User (and Match blocks) apply as they do for
+        `ssh`. Returns a copy with hostname, port and user filled in; the destination stays the
+        name given, so every other setting of the alias (keys, ProxyJump) still applies."""
+        argv = self.ssh_argv()
+        argv.insert(1, "-G")  # print the configuration for this destination; connect nowhere
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        except FileNotFoundError:
+            raise UsageError("ssh not found: install the OpenSSH client (./setup.sh)") from None
+        except subprocess.TimeoutExpired:
+            raise UsageError(f"`ssh -G {self.destination}` took over {timeout_s:g} s: check the ssh "
+                             "configuration (a slow Match exec?)") from None
+        if out.returncode != 0:
+            err = (out.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UsageError(f"ssh cannot read its configuration for {self.destination}: {err}")
+        conf: dict[str, str] = {}
+        for line in out.stdout.splitlines():
+            key, _, value = line.strip().partition(" ")
+            conf.setdefault(key.lower(), value.strip())
+        try:
+            port = int(conf["port"]) if conf.get("port") else self.port
+        except ValueError:
+            raise UsageError(f"ssh gives port {conf['port']!r} for {self.destination}: check the "
+                             "ssh configuration") from None
+        return replace(self, hostname=conf.get("hostname") or self.host, port=port,
+                       user=conf.get("user") or self.user)
 
 
 @dataclass(frozen=True)
@@ -75,6 +109,10 @@ class GpuHost:
         if self.netns:
             return ["ip", "netns", "exec", self.netns, *argv]
         return list(argv)
+
+    def effective(self) -> "GpuHost":
+        """With the ssh target as ssh reads it (SshTarget.effective); unchanged without ssh."""
+        return replace(self, ssh=self.ssh.effective()) if self.ssh else self
 
     def kill(self, pid: int, sig: str = "TERM") -> None:
         """Signal a process on the GPU host by its (remote) pid; best effort (the host may be

@@ -39,7 +39,7 @@ def can_make_namespaces() -> bool:
                                                 capture_output=True).returncode == 0
 
 
-def _names(pid: int, slot: int) -> tuple[str, str, str]:
+def link_names(pid: int, slot: int) -> tuple[str, str, str]:
     tag = f"{pid}" if slot == 0 else f"{pid}-{slot}"
     return f"{NETNS_PREFIX}{tag}", f"sgc{tag}", f"sgg{tag}"
 
@@ -54,7 +54,7 @@ def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: fl
     slot > 0 gives the same process another link (a test's own GPU host, say).
     rate_gbps gives the link a line rate each way (see shape)."""
     pid = pid or os.getpid()
-    ns, vc, vg = _names(pid, slot)
+    ns, vc, vg = link_names(pid, slot)
     ca, ga = _addresses(pid, slot)
     try:
         _ip("netns", "add", ns)

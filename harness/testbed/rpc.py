@@ -1,9 +1,9 @@
 """torch.distributed.rpc set up so that its bytes cross the link we measure.
 
 On one kernel TensorPipe silently moves tensors through shared memory and cross-memory-attach
-(measured: two processes on one kernel exchanged 100 MB with 13 KB on the wire). We force the `uv` (TCP) transport and a TCP
-channel, and pin Gloo and TensorPipe to the link's interface: left alone, they resolve the host
-name to 127.0.0.1 and time out across namespaces.
+(measured: two processes on one kernel exchanged 100 MB with 13 KB on the wire). We force the
+`uv` (TCP) transport and a TCP channel, and pin Gloo and TensorPipe to the link's interface: left
+alone, they resolve the host name to 127.0.0.1 and time out across namespaces.
 
 Ranks: the GPU worker is rank 0 and hosts the rendezvous store at host:port; the client is rank 1.
 """

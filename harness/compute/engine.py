@@ -1,0 +1,176 @@
+"""How a model's forward steps are run, the same way on the client (local mode) and in the worker
+(both remote modes), so that all three modes compute the same function.
+
+- eager:  a DynamicCache and one Python-launched forward per step (transformers' default). On the
+  H100 host it is bound by kernel launches: gpt2 decode took 59 ms a token, llama-1b 61 ms, an
+  8B Llama-3 shape 79 ms, with the GPU mostly idle.
+- static: a StaticCache ([batch, kv_heads, max_len, head_dim] per layer, written in place at a
+  position the cache keeps on the device), still launched eagerly: the graphs engine's cache and
+  numerics without the graph, so the CPU can test everything but the capture.
+- graphs: static, with each slot's decode step captured once as a CUDA graph and replayed: one
+  launch a token (H100: gpt2 0.90 ms, llama-1b 3.1 ms, the 8B shape 8.9 ms a token).
+
+A cache lives in a Slot. Slots are pooled: a released slot keeps its buffers and its captured
+graph for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
+slot, not per session. The graph reads the parameters and the cache at fixed addresses: weights
+must be copied into the parameters in place (harness.compute.staging.FlatParams), never rebound.
+
+The static cache attends over max_len positions behind a mask, so its fp16 numerics differ from
+the dynamic cache's (llama-1b's greedy tokens parted at the 34th token on the H100): compare an
+engine with itself, and with generate() using the same kind of cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.compute.models import cache_kwarg
+from harness.errors import UsageError
+
+ENGINES = ("eager", "static", "graphs")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str = "eager"
+    max_len: int = 0        # positions a static cache holds (prompt + generated tokens)
+    batch: int = 1
+
+    def __post_init__(self):
+        if self.name not in ENGINES:
+            raise UsageError(f"unknown engine {self.name!r}: use one of {', '.join(ENGINES)}")
+        if self.name != "eager" and self.max_len < 1:
+            raise UsageError(f"the {self.name} engine needs max_len >= 1 (prompt + generated tokens)")
+
+
+def default_engine(device: str) -> str:
+    return "graphs" if str(device).startswith("cuda") else "eager"
+
+
+class Slot:
+    """One session's KV cache (and, for graphs, its captured decode step)."""
+
+    def __init__(self, cache, ids: torch.Tensor | None = None):
+        self.cache = cache
+        self.ids = ids          # graphs: the captured step's input, [batch, 1] on the device
+        self.graph = None
+        self.logits = None      # graphs: the captured step's output, [batch, vocab]
+
+
+class _NoEvent:
+    def record(self):
+        pass
+
+
+class Engine:
+    def __init__(self, model, spec: EngineSpec):
+        self.model = model
+        self.spec = spec
+        self.device = next(model.parameters()).device
+        if spec.name == "graphs" and self.device.type != "cuda":
+            raise UsageError(f"the graphs engine captures CUDA graphs: it needs a CUDA device, not "
+                             f"{self.device}; use --gap-engine eager (or static)")
+        self._free: list[Slot] = []
+
+    # -- sessions ---------------------------------------------------------------------------
+    def new_slot(self) -> Slot:
+        if self.spec.name == "eager":
+            from transformers import DynamicCache
+            return Slot(DynamicCache())
+        if self._free:
+            slot = self._free.pop()
+            self._rewind(slot, 0)
+            return slot
+        from transformers import StaticCache
+        return Slot(StaticCache(config=self.model.config, max_cache_len=self.spec.max_len),
+                    torch.zeros((self.spec.batch, 1), dtype=torch.long, device=self.device))
+
+    def release(self, slot: Slot) -> None:
+        if self.spec.name != "eager":
+            self._free.append(slot)
+
+    # -- steps --------------------------------------------------------------------------------
+    def forward(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
+        """ids [batch, n] on the device; extends the slot's cache; last position's logits [batch, vocab].
+        On CUDA, events on the stream bracket the forward's device work (gpu_span_s)."""
+        events = self._events()
+        with torch.inference_mode():
+            if self.spec.name != "graphs" or ids.shape[1] != 1:
+                logits = self._eager(slot.cache, ids)
+            else:
+                if slot.graph is None:
+                    self._capture(slot, ids)
+                events[0].record()  # after a capture: the span is the step, not the capture
+                slot.ids.copy_(ids)
+                slot.graph.replay()
+                logits = slot.logits
+        events[1].record()
+        self._span = events
+        return logits
+
+    def _events(self):
+        if self.device.type != "cuda":
+            return _NoEvent(), _NoEvent()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        return start, end
+
+    def gpu_span_s(self) -> float | None:
+        """Device time from the last forward's first to its last kernel (CUDA events; None off
+        CUDA). Call after the device was synchronised. Not a sum of kernel times: gaps in which
+        the GPU waited for the host's next launch are inside it (eager engines have many)."""
+        start, end = getattr(self, "_span", (_NoEvent(), _NoEvent()))
+        return None if isinstance(start, _NoEvent) else start.elapsed_time(end) / 1e3
+
+    def _eager(self, cache, ids):
+        kw = {cache_kwarg(type(self.model)): cache}
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw).logits[:, -1, :]
+
+    def _capture(self, slot: Slot, ids: torch.Tensor) -> None:
+        """Warm the step up on a side stream (as torch.cuda.graph requires), rewind the cache to
+        where it was, and capture; the cache's own position counter advances at each replay."""
+        n = self.seq_len(slot)
+        slot.ids.copy_(ids)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._eager(slot.cache, slot.ids)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._rewind(slot, n)
+        slot.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(slot.graph):
+            slot.logits = self._eager(slot.cache, slot.ids)
+
+    # -- the cache as tensors (the naive mode ships it) ------------------------------------
+    def seq_len(self, slot: Slot) -> int:
+        return int(slot.cache.get_seq_length())
+
+    def kv(self, slot: Slot) -> list:
+        """Per layer (keys, values) of the filled positions, [batch, kv_heads, seq, head_dim]."""
+        n = self.seq_len(slot)
+        return [(layer.keys[:, :, :n], layer.values[:, :, :n]) for layer in slot.cache.layers]
+
+    def load_kv(self, slot: Slot, kv: list) -> None:
+        """Fill a fresh slot's cache with kv (per layer keys, values), in place."""
+        if self.spec.name == "eager":
+            for i, (k, v) in enumerate(kv):
+                slot.cache.update(k, v, i)
+            return
+        with torch.inference_mode():
+            for layer, (k, v) in zip(slot.cache.layers, kv):
+                if not layer.is_initialized:
+                    layer.lazy_initialization(k, v)
+                layer.keys[:, :, :k.shape[-2]].copy_(k)
+                layer.values[:, :, :v.shape[-2]].copy_(v)
+        self._rewind(slot, kv[0][0].shape[-2] if kv else 0)
+
+    @staticmethod
+    def _rewind(slot: Slot, n: int) -> None:
+        """Set the static cache's position to n: later writes go there, positions past it are
+        masked. In place: the captured graph reads the counter at its address."""
+        with torch.inference_mode():
+            for layer in slot.cache.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length.fill_(n)

@@ -1,0 +1,66 @@
+"""The worker's bulk load (harness/compute/staging.py): the client's Packed weights land with one
+copy per dtype in parameters that are views of one buffer, and give bitwise the logits of the plain
+load_state_dict path; the chunked host->device copy moves every byte."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
+from harness.compute.packing import pack
+from harness.compute.staging import FlatParams, HostStaging
+from harness.compute.worker import RemoteWorker
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
+def client(request):
+    spec = ModelSpec(request.param)
+    model = build_model(spec, "cpu")
+    return spec, model.state_dict(), prompt_ids(load_config(spec), 16, seed=0)
+
+
+def test_parameters_are_views_of_one_buffer_per_dtype(client):
+    spec, sd, _ = client
+    model = build_model(spec, "cpu", with_weights=False)
+    flat = FlatParams(model)
+    (store,) = flat.store.buffers.values()
+    lo, hi = store.data_ptr(), store.data_ptr() + store.nbytes
+    for name, t in model.state_dict().items():
+        assert lo <= t.data_ptr() and t.data_ptr() + t.nbytes <= hi, name
+    assert flat.matches(pack(sd)), "the client's pack of the same model must land in place"
+    assert not flat.matches(pack(dict(reversed(list(sd.items()))))), "another layout must not"
+
+
+def test_bulk_load_gives_bitwise_the_logits_of_load_state_dict(client):
+    spec, sd, prompt = client
+    bulk, plain = RemoteWorker(spec, "cpu"), RemoteWorker(spec, "cpu")
+    addresses = [p.data_ptr() for p in bulk.model.parameters()]
+    a = bulk.run_stateless_forward_remote(pack(sd), prompt)       # FlatParams path
+    b = plain.run_stateless_forward_remote(dict(sd), prompt)      # load_state_dict path
+    assert torch.equal(a.logits, b.logits)
+    assert [p.data_ptr() for p in bulk.model.parameters()] == addresses, "parameters must keep their addresses"
+    tok = torch.argmax(a.logits[0]).reshape(1, 1)
+    a2 = bulk.run_stateless_forward_remote(pack(sd), tok, a.kv_cache)
+    b2 = plain.run_stateless_forward_remote(dict(sd), tok, b.kv_cache)
+    assert torch.equal(a2.logits, b2.logits)
+
+
+def test_bulk_load_replaces_every_weight(client):
+    """Weights from another seed must change the logits: the load really lands."""
+    spec, sd, prompt = client
+    worker = RemoteWorker(spec, "cpu")
+    first = worker.run_stateless_forward_remote(pack(sd), prompt).logits
+    other = build_model(ModelSpec(spec.name, seed=1), "cpu").state_dict()
+    assert not torch.equal(worker.run_stateless_forward_remote(pack(other), prompt).logits, first)
+    assert torch.equal(worker.run_stateless_forward_remote(pack(sd), prompt).logits, first)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned staging needs a CUDA device; "
+                    "the GPU run exercises it")
+def test_chunked_pinned_copy_moves_every_byte(monkeypatch):
+    monkeypatch.setattr("harness.compute.staging.CHUNK_BYTES", 1 << 10)
+    src = torch.randn(100_003)
+    dst = torch.empty_like(src, device="cuda")
+    HostStaging(torch.device("cuda")).to_device(src, dst)
+    torch.cuda.synchronize()
+    assert torch.equal(dst.cpu(), src)

@@ -1,0 +1,222 @@
+"""Verdicts that act: each planted failure fails its cell, each missed target warns, and
+--gap-strict turns the warnings into failures; the GPU gate compares only valid dmon windows; the
+gap table's two ratios; results/README.md regenerates byte-identical from the JSONs."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fixtures.cells import HarnessTargetMissed, report_target_misses
+from harness.compute.modes import MODES
+from harness.report.analysis import CellContext, analyse_round
+from harness.report.catalog import catalog
+from harness.report.gate import regressions
+from harness.report.invariants import check_cell, probe_overhead_miss, target_misses
+from harness.report.payload_model import HEADER_BYTES, Shape, cell_payload
+from harness.report.summary import CellInfo, CellSummary
+from harness.report.tables import cell_floor, floor_rows, gap_rows
+
+REPO = Path(__file__).resolve().parent.parent
+# a small model's shape: 1 MB of weights, KV 2 layers x 2 x 1 head x 8 dims x 4 B = 128 B a token
+SHAPE = Shape(weights_bytes=1_000_000, weights_listed_bytes=1_000_000, layers=2, kv_heads=1, head_dim=8,
+              vocab=100, elem_bytes=4)
+PROMPT, STEPS = 16, 4
+FRAMING = 200.0  # RPC framing bytes per call
+
+
+def round_record(mode: str, phase: str, *, extra_wire: int = 0, tokens=(1, 2, 3), drops=0, latency_s=0.5,
+                 gpu_sm_pct=None, rpc_s=0.4, analysis_s=0.001, warmup=False) -> dict:
+    """One round as the cell records it, its wire bytes exactly what the payload model predicts
+    (plus extra_wire); times chosen so that the RPC path's rate is easy to compute."""
+    payload = cell_payload(SHAPE, MODES[mode], phase, PROMPT, STEPS)
+    packets = (payload.total // 1448 + 2 * payload.calls) if MODES[mode].remote else 0
+    overhead = packets * HEADER_BYTES + payload.calls * FRAMING
+    tx = payload.tx_bytes + int(overhead / 2) + extra_wire
+    rx = payload.rx_bytes + int(overhead / 2)
+    return {"warmup": warmup, "tokens": list(tokens), "latency_s": latency_s, "ttft_s": 0.1, "tpot_s": None,
+            "step_times_s": [], "payload_tx_bytes": payload.tx_bytes, "payload_rx_bytes": payload.rx_bytes,
+            "calls": payload.calls, "rpc_s": rpc_s if payload.calls else 0.0, "server_s": {"compute_s": 0.01},
+            "call_stamps": [], "client_s": 0.0, "timeline": None, "analysis_s": analysis_s,
+            "link_tx_bytes": tx, "link_rx_bytes": rx, "link_packets": packets, "pcap_bytes": tx + rx,
+            "pcap_c2g_bytes": tx, "pcap_g2c_bytes": rx, "pcap_packets": packets, "pcap_dropped": drops,
+            "pcap_read_s": 0.0, "gpu_sm_pct": gpu_sm_pct, "dmon_samples": 0, "nvml_util_pct": None,
+            "nvml_samples": 0, "control_bytes": 0, "clock_offset_s": 0.0, "clock_rtt_s": None}
+
+
+def cell(mode: str, phase: str = "decode", iperf_gbps: float = 0.1, weight_load=None, rounds=None, **kw) -> CellInfo:
+    rounds = rounds or [round_record(mode, phase, **kw) for _ in range(3)]
+    ctx = CellContext(cell_payload(SHAPE, MODES[mode], phase, PROMPT, STEPS), FRAMING, iperf_gbps, SHAPE)
+    for r in rounds:
+        r["analysis"] = analyse_round(r, ctx)
+    return CellInfo(mode, phase, STEPS, "synthetic", "fp32", "veth", rounds,
+                    CellSummary.of([r for r in rounds if not r["warmup"]]), weight_load)
+
+
+def three(phase: str = "decode", **naive_kw) -> list[CellInfo]:
+    return [cell("local", phase), cell("naive", phase, **naive_kw), cell("sys_simulated", phase)]
+
+
+def test_a_sound_matrix_passes_every_check():
+    infos = three()
+    for info in infos:
+        assert check_cell(info, infos) == [], info.name
+        assert target_misses(info) == [], info.name
+
+
+def test_token_mismatch_fails_the_cell():
+    infos = [cell("local"), cell("naive", tokens=(1, 2, 4)), cell("sys_simulated")]
+    failures = check_cell(infos[1], infos)
+    assert any("naive and local decode tokens differ" in f for f in failures), failures
+
+
+def test_tokens_differing_between_rounds_fail_the_cell():
+    rounds = [round_record("naive", "decode"), round_record("naive", "decode", tokens=(9, 9, 9)),
+              round_record("naive", "decode")]
+    info = cell("naive", rounds=rounds)
+    assert any("rounds generated different tokens" in f for f in check_cell(info, [info]))
+
+
+def test_tcpdump_drops_fail_the_cell():
+    info = cell("naive", drops=7)
+    assert any("tcpdump dropped 21 packets in 3 round(s)" in f for f in check_cell(info, [info]))
+
+
+def test_naive_not_above_sys_bytes_fails():
+    infos = three()
+    naive = infos[1]
+    flat = replace(naive, summary=replace(naive.summary, link_bytes=infos[2].summary.link_bytes))
+    failures = check_cell(flat, [infos[0], flat, infos[2]])
+    assert any("the semantic gap vanished" in f for f in failures), failures
+
+
+def test_closure_outside_tolerance_fails_with_the_numbers():
+    info = cell("naive", extra_wire=200_000)  # ~3% of the round's bytes that no model explains
+    failures = check_cell(info, [info])
+    assert len(failures) == 3 and all("outside the closure tolerance" in f for f in failures), failures
+    assert "+3." in failures[0] or "+2." in failures[0], failures[0]
+    assert "round 1: wire" in failures[0]
+
+
+def test_closure_failure_says_why_when_retransmissions_were_seen():
+    info = cell("naive", extra_wire=200_000)
+    info.rounds[0]["dissection"] = {"retransmission_share": 0.031}
+    assert "3.10% of TCP payload was retransmitted" in check_cell(info, [info])[0]
+
+
+def test_rpc_bound_and_costly_analysis_are_target_misses():
+    # the naive round moved ~ (bytes x 8) / rpc_s; an iperf3 of 1000 Gbit/s makes it RPC-bound
+    slow = cell("naive", iperf_gbps=1000.0)
+    assert any("the RPC path, not the link, set this cell's pace" in m for m in target_misses(slow))
+    costly = cell("sys_simulated", analysis_s=0.1)  # 20% of a 0.5 s round
+    assert any("reading the capture took 20.0%" in m for m in target_misses(costly))
+    assert target_misses(cell("local", analysis_s=0.1)) == [], "local has no capture to read"
+
+
+def test_probe_overhead_over_target_is_a_miss():
+    assert probe_overhead_miss(1.01, 0.99, 1.03) == []
+    assert "1.050x" in probe_overhead_miss(1.05, 1.0, 1.1)[0]
+
+
+def test_strict_turns_target_misses_into_failures():
+    with pytest.warns(HarnessTargetMissed, match="RPC path"):
+        report_target_misses(["naive: the RPC path ..."], strict=False)
+    with pytest.raises(pytest.fail.Exception, match="--gap-strict: naive: the RPC path"):
+        report_target_misses(["naive: the RPC path ..."], strict=True)
+    report_target_misses([], strict=True)  # nothing missed: nothing raised
+
+
+def test_gpu_gate_fails_a_planted_utilization_regression():
+    base = cell("naive", latency_s=2.0, gpu_sm_pct=60.0).summary
+    now = cell("naive", latency_s=2.0, gpu_sm_pct=30.0).summary
+    assert any("GPU utilization moved: 30.0% vs baseline 60.0%" in m for m in regressions(now, base, {"gpu": 0.10}))
+    assert regressions(base, base, {"gpu": 0.10}) == []
+
+
+def test_gpu_gate_ignores_rounds_shorter_than_dmons_period():
+    """Rounds under dmon's 1 s sample period have no honest average: a short round's reading may
+    move without the gate (or the table) taking it for a regression."""
+    base = cell("naive", latency_s=0.5, gpu_sm_pct=60.0).summary
+    now = cell("naive", latency_s=0.5, gpu_sm_pct=5.0).summary
+    assert now.util_dmon_sm_pct.n == 0 and now.gpu_sm_pct.n == 3
+    assert regressions(now, base, {"gpu": 0.10}) == []
+
+
+def test_gap_table_gives_steady_state_and_whole_session_ratios():
+    load = {"latency_s": 1.0, "payload_tx_bytes": 1_000_000, "server_s": {},
+            "link_tx_bytes": 1_050_000, "link_rx_bytes": 50_000}
+    infos = [cell("naive", latency_s=2.0), cell("sys_simulated", latency_s=0.5, weight_load=load)]
+    (row,) = gap_rows(infos)
+    n, s = (i.summary for i in infos)
+    assert row["Bytes ÷, steady state"] == f"{n.link_bytes.mean / s.link_bytes.mean:,.1f}x"
+    assert row["Bytes ÷, one session"] == f"{n.link_bytes.mean / (s.link_bytes.mean + 1_100_000):,.1f}x"
+    assert row["Latency ÷, steady state"] == "4.0x" and row["Latency ÷, one session"] == "1.3x"
+
+
+def test_cell_info_round_trips_and_refuses_a_missing_field():
+    info = cell("naive")
+    back = CellInfo.from_dict(json.loads(json.dumps(info.to_dict())))
+    assert back.summary == info.summary and back.rounds == info.rounds
+    d = info.to_dict()
+    del d["summary"]["wire_gbps"]
+    with pytest.raises(ValueError, match="lacks wire_gbps"):
+        CellInfo.from_dict(d)
+
+
+def test_results_readme_regenerates_byte_identical():
+    assert (REPO / "results" / "README.md").read_text() == catalog(REPO / "results"), \
+        "results/README.md differs from its JSON: run python -m harness.report.catalog"
+
+
+def test_catalog_refuses_a_run_from_a_dirty_tree(tmp_path):
+    dest = tmp_path / "results" / "cpu" / "planted"
+    dest.mkdir(parents=True)
+    data = {"commit_info": {"id": "0" * 40, "dirty": True}, "machine_info": {}, "benchmarks": []}
+    (dest / "planted.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="clean, committed tree"):
+        catalog(tmp_path / "results")
+
+
+def test_suite_refuses_to_write_results_from_a_dirty_tree(tmp_path):
+    """A copy of the checkout with one tracked file changed: --benchmark-json under its results/
+    is refused before anything starts."""
+    if shutil.which("git") is None:
+        pytest.fail("git is needed to check a run's provenance")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    (clone / "README.md").write_text("changed\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:xdist", "-p", "no:cacheprovider",
+                           "--benchmark-json=results/cpu/x/x.json"], cwd=clone, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "clean, committed" in proc.stderr and "README.md" in proc.stderr
+    assert not (clone / "results" / "cpu" / "x").exists()
+
+
+def test_floor_arithmetic_on_a_synthetic_cell():
+    """Naive's floor is wire + bus both ways + the local cell's compute, in sequence; sys's is
+    wire + compute + one empty round trip per call; local's is its own compute."""
+    infos = three()
+    local, naive, sys_ = infos
+    compute = 0.2
+    local.summary.time["server_compute_s"] = compute
+    copy = {"h2d_gbps": 50.0, "d2h_gbps": 25.0}
+    env = {"rpc": {"channels": ["mpt_uv"]}, "link_check": {"iperf3_gbps_16_stream": 8.0}, "copy_gbps": copy}
+    rows = {r["Mode"]: r for r in floor_rows(infos, {"rpc_noop": {"rtt_s": 0.001}}, env)}
+    tx, rx = naive.summary.payload_tx_bytes.mean, naive.summary.payload_rx_bytes.mean
+    parts = cell_floor(naive, compute, 8.0, copy, 0.001)
+    assert parts["wire"] == pytest.approx((tx + rx) * 8 / 8e9)
+    assert parts["host→device"] == pytest.approx(tx / 50e9) and parts["device→host"] == pytest.approx(rx / 25e9)
+    assert parts["compute"] == compute and parts["round trips"] is None
+    floor = parts["wire"] + parts["host→device"] + parts["device→host"] + compute
+    assert rows["naive"]["Floor (s)"] == f"{floor:.4f}"
+    assert rows["naive"]["Measured ÷ floor"] == f"{naive.summary.latency_s.mean / floor:.2f}"
+    assert rows["naive"]["Dominant part"] == "compute"  # 0.2 s against ~5 ms of wire
+    s = cell_floor(sys_, compute, 8.0, copy, 0.001)
+    assert s["round trips"] == pytest.approx((1 + STEPS) * 0.001) and s["host→device"] is None
+    assert rows["local"]["Floor (s)"] == f"{compute:.4f}"
