@@ -5,6 +5,8 @@ compute/   what runs the model, on either host
     modes.py      the three modes: MODES table, LocalBackend / NaiveBackend / SysBackend
     worker.py     RemoteWorker, the GPU host's side (stateless and stateful)
     phase.py      run_phase: one measured prefill or decode on any backend
+    engine.py     how forwards run: eager, static cache, or one CUDA graph per decode step
+    staging.py    weights in bulk through pinned memory into parameters that are one buffer
     packing.py    tensors packed one buffer per dtype for the wire; payload byte counting
     calls.py      the client's RPC calls, torch's failures reworded
     hostmem.py    the worker's malloc policy;  timers.py  device-synchronised phase timer
@@ -17,6 +19,7 @@ testbed/   where the GPU host is and how to reach it
 measure/   what is recorded around a round
     probe.py      counters, tcpdump, dmon and NVML around one round
     tcpdump.py    the tcpdump process;  pcap.py  the pcap reader (bytes, per-packet arrays)
+    dissect.py    Wireshark's TCP analysis (retransmissions, lanes) through tshark/pyshark
     dmon.py       nvidia-smi dmon and its parser;  nvml.py  NVML sampler on the GPU host
     iperf.py      the link's throughput;  clocks.py  the GPU host's clock offset
     timeline.py   each RPC call's time split by clocks and packets
@@ -26,6 +29,7 @@ report/    what the numbers mean and how they are shown
     analysis.py   per-round derived figures;  invariants.py  what every cell must satisfy
     tables.py     the plan's table and the check tables;  plots.py;  gate.py (baseline gate)
     environment.py  machine_info;  __main__.py  `python -m harness.report out.json`
+    catalog.py    results/README.md from the runs' JSON
 cell.py    one mode x phase cell as pytest-benchmark drives it
 options.py the suite's options (also run_llm.py's), validated once;  errors.py  UsageError
 """

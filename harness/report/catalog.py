@@ -53,12 +53,23 @@ def describe(path: Path, root: Path) -> str:
         f"- GPU host: {card}, device {env['device']}; model {env['model']}, {env['dtype']}; prompt "
         f"{env['prompt_len']} tokens, decode = prefill + {env['steps']} steps; {env['warmup']} warm-up + "
         f"{env['rounds']} measured rounds per cell{'; --gap-strict' if env['strict'] else ''}",
-        f"- link: {env['link']}",
+        f"- engine: {env.get('engine', 'eager')}; link: {env['link']}",
+        *_outcome(path.parent / "pytest.log"),
         f"- python {v['python']}, torch {v['torch']} (CUDA {v['cuda']}), transformers {v['transformers']}, "
         f"pytest-benchmark {data['version']}",
         "",
         full_report(infos, controls, env),
         ""])
+
+
+def _outcome(log: Path) -> list[str]:
+    """The run's pytest verdict and failed cells, from its log where one was kept beside the JSON."""
+    if not log.exists():
+        return []
+    lines = log.read_text(errors="replace").splitlines()
+    verdict = next((ln.strip("= ") for ln in reversed(lines) if " in " in ln and ("passed" in ln or "failed" in ln)), "")
+    failed = [ln.split(" - ", 1)[0].removeprefix("FAILED ") for ln in lines if ln.startswith("FAILED ")]
+    return [f"- pytest: {verdict}" + (f"; failed: {', '.join(failed)} (pytest.log says why)" if failed else "")]
 
 
 def catalog(root: Path) -> str:
