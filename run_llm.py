@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 # run_llm.py's names for the suite's options, where they differ (harness.options.SuiteOptions)
 FLAGS = {"steps": "--decode-steps", "gpu_addr": "--gpu_host_ip", "link_gbps": "--link-gbps",
-         "prompt_len": "--prompt-len", "engine": "--engine"}
+         "prompt_len": "--prompt-len", "engine": "--engine", "batch": "--batch"}
 
 
 def parse_args(argv):
@@ -51,6 +51,7 @@ def parse_args(argv):
     p.add_argument("--channel", default=d.channel, choices=CHANNELS)
     p.add_argument("--link-gbps", type=float, help="emulated link only: its line rate each way "
                    "(tc tbf) [unshaped]")
+    p.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together [1]")
     p.add_argument("--engine", help="eager | static | graphs: how every mode runs the model "
                    "[graphs on CUDA, else eager]")
     return p.parse_args(argv)
@@ -61,7 +62,7 @@ def build_request(args):
     from harness.options import SuiteOptions
     return SuiteOptions(model=args.model, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
                         steps=args.decode_steps, seed=args.seed, gpu_addr=args.gpu_host_ip, port=args.port,
-                        channel=args.channel, link_gbps=args.link_gbps, engine=args.engine, flags=FLAGS).validate(phases=(args.phase,))
+                        channel=args.channel, link_gbps=args.link_gbps, engine=args.engine, batch=args.batch, flags=FLAGS).validate(phases=(args.phase,))
 
 
 def run(args) -> dict:
@@ -72,7 +73,7 @@ def run(args) -> dict:
 
     opts = build_request(args)
     spec = opts.spec
-    prompt = prompt_ids(load_config(spec), opts.prompt_len, opts.seed)
+    prompt = prompt_ids(load_config(spec), opts.prompt_len, opts.seed, opts.batch)
     if not MODES[args.mode].remote:
         backend = MODES[args.mode].backend(build_model(spec, opts.resolved_device), opts.engine_spec)
         result = run_phase(backend, prompt, args.phase, opts.steps)

@@ -20,7 +20,7 @@ def test_local_loop_vs_generate(benchmark, client_models, gap_controls, request)
     """The local mode's decode loop is no slower than generate() (target: ratio <= 1.05)."""
     opts = suite_options(request.config)
     model = client_models("local")
-    prompt = prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed)
+    prompt = prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed, opts.batch)
     benchmark.group = "baseline"
     result = benchmark.pedantic(compare, args=(model, prompt, opts.steps, opts.engine_spec), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
@@ -86,7 +86,7 @@ def test_serialisation_alone(benchmark, client_models, gap_controls, request):
     client_ser_s (the call until its first data byte leaves, which also holds TensorPipe's set-up)."""
     from torch.distributed.rpc.internal import _internal_rpc_pickler
     opts = suite_options(request.config)
-    sent = (client_models("weights"), prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed), None)
+    sent = (client_models("weights"), prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed, opts.batch), None)
 
     def round_trip():
         _internal_rpc_pickler.deserialize(*_internal_rpc_pickler.serialize(sent))

@@ -10,6 +10,7 @@ compute/   what runs the model, on either host
     packing.py    tensors packed one buffer per dtype for the wire; payload byte counting
     calls.py      the client's RPC calls, torch's failures reworded
     hostmem.py    the worker's malloc policy;  timers.py  device-synchronised phase timer
+    nvml.py       the worker's NVML utilization sampler (it runs on the GPU host)
     baseline.py   the local loop against transformers' generate()
 testbed/   where the GPU host is and how to reach it
     bed.py        testbed(): link + worker up and down together; Testbed.backend()
@@ -20,7 +21,7 @@ measure/   what is recorded around a round
     probe.py      counters, tcpdump, dmon and NVML around one round
     tcpdump.py    the tcpdump process;  pcap.py  the pcap reader (bytes, per-packet arrays)
     dissect.py    Wireshark's TCP analysis (retransmissions, lanes) through tshark/pyshark
-    dmon.py       nvidia-smi dmon and its parser;  nvml.py  NVML sampler on the GPU host
+    dmon.py       nvidia-smi dmon and its parser
     iperf.py      the link's throughput;  clocks.py  the GPU host's clock offset
     timeline.py   each RPC call's time split by clocks and packets
 report/    what the numbers mean and how they are shown
@@ -30,6 +31,10 @@ report/    what the numbers mean and how they are shown
     tables.py     the plan's table and the check tables;  plots.py;  gate.py (baseline gate)
     environment.py  machine_info;  __main__.py  `python -m harness.report out.json`
     catalog.py    results/README.md from the runs' JSON
+    costmodel/    each cell's latency and bytes from a few fitted components; held-out evaluation
+                  (terms, points, predict, fit, evaluate)
+    project.py    the plan's A100 + 25 GbE testbed, projected (python -m harness.report.project)
 cell.py    one mode x phase cell as pytest-benchmark drives it
+sweep.py   `python -m harness.sweep`: one suite run per point of a grid, resumable
 options.py the suite's options (also run_llm.py's), validated once;  errors.py  UsageError
 """

@@ -1,6 +1,6 @@
 """One mode x phase cell of the experiment, as a plain class that pytest-benchmark drives:
 
-    cell = Cell(cfg, backend, probe)
+    cell = Cell(cfg, backend, prompt, probe)
     benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
                        rounds=cfg.rounds, warmup_rounds=cfg.warmup_rounds)
     cell.info()         # harness.report.summary.CellInfo: per-round bytes, utilization, tokens ...

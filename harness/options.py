@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from harness.compute.engine import EngineSpec, default_engine
+from harness.compute.engine import AUTO, EngineSpec
 from harness.compute.models import ModelSpec, default_device, load_config, max_positions
 from harness.compute.phase import PHASES
 from harness.errors import UsageError
 from harness.testbed.hosts import GpuHost, SshTarget
 from harness.testbed.launcher import REPO
+from harness.testbed.link import PROFILES
 from harness.testbed.rpc import CHANNELS, DEFAULT_CHANNEL
 
 GATE_METRICS = ("bytes", "gpu")
@@ -40,7 +41,10 @@ class SuiteOptions:
     compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions
     link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
     link_gbps: float | None = None            # embedded default: shape the veth to this rate
+    link_rtt_ms: float | None = None          # embedded default: add this round trip (netem, half each way)
+    link_profile: str | None = None           # a named link (testbed.link.PROFILES): sets link_gbps
     link_strict: bool = False                 # ... and fail instead
+    batch: int = 1              # sequences decoded together, as a serving system batches
     engine: str | None = None   # eager | static | graphs; None: graphs on CUDA, else eager
     strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
     # field -> the flag that sets it, where not --gap-<field> (run_llm.py names some differently)
@@ -61,7 +65,7 @@ class SuiteOptions:
     @property
     def engine_spec(self) -> EngineSpec:
         """The engine every mode runs, its static cache sized to the prompt and every generated token."""
-        return EngineSpec(self.engine or default_engine(self.resolved_device), self.prompt_len + self.steps + 1)
+        return EngineSpec(self.engine or AUTO, self.prompt_len + self.steps + 1, self.batch)
 
     @property
     def spec(self) -> ModelSpec:
@@ -77,7 +81,7 @@ class SuiteOptions:
     def validate(self, phases=PHASES) -> "SuiteOptions":
         """Every check that can be made before anything starts; phases: those that will run (the
         context must hold the prompt, and for decode steps + 1 generated tokens)."""
-        for name, low in (("prompt_len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0)):
+        for name, low in (("prompt_len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0), ("batch", 1)):
             value = getattr(self, name)
             if value < low:
                 raise UsageError(f"{self.flag(name)} {value} must be >= {low}")
@@ -86,7 +90,8 @@ class SuiteOptions:
         if self.channel not in CHANNELS:
             raise UsageError(f"{self.flag('channel')} {self.channel!r}: use one of {', '.join(CHANNELS)}")
         self._validate_link()
-        if self.engine == "graphs" and not self.resolved_device.startswith("cuda"):
+        embedded = not (self.gpu_host or self.gpu_addr)  # else the worker's host checks its own device
+        if self.engine == "graphs" and embedded and not self.resolved_device.startswith("cuda"):
             raise UsageError(f"{self.flag('engine')} graphs captures CUDA graphs: it needs a CUDA device, "
                              f"not {self.resolved_device}; use eager or static")
         self.engine_spec  # validates the engine's name
@@ -99,12 +104,18 @@ class SuiteOptions:
             lower = f"{self.flag('prompt_len')} or {self.flag('steps')}" if generated else self.flag('prompt_len')
             raise UsageError(f"{self.flag('prompt_len')} {self.prompt_len}{made} exceeds {self.model}'s "
                              f"context of {ctx}: lower {lower}")
+        return self._with_profile()
+
+    def _with_profile(self) -> "SuiteOptions":
+        """A named link sets the rate it names (_validate_profile saw that no other rate disagrees)."""
+        if self.link_profile and self.link_gbps is None:
+            return replace(self, link_gbps=PROFILES[self.link_profile])
         return self
 
     def _validate_link(self) -> None:
         if self.link_nominal_gbps is not None and self.link_nominal_gbps <= 0:
             raise UsageError(f"{self.flag('link_nominal_gbps')} {self.link_nominal_gbps} must be > 0")
-        if self.link_strict and self.link_nominal_gbps is None and self.link_gbps is None:
+        if self.link_strict and self.link_nominal_gbps is None and self.link_gbps is None and not self.link_profile:
             raise UsageError(f"{self.flag('link_strict')} needs {self.flag('link_nominal_gbps')} N "
                              "(the link's rated speed)")
         if self.link_gbps is not None and self.link_gbps <= 0:
@@ -112,6 +123,29 @@ class SuiteOptions:
         if self.link_gbps and (self.gpu_host or self.gpu_addr):
             raise UsageError(f"{self.flag('link_gbps')} shapes the embedded link only; a real link has "
                              f"its own rate: drop it, or state that rate with {self.flag('link_nominal_gbps')}")
+        self._validate_rtt()
+        self._validate_profile()
+
+    def _validate_rtt(self) -> None:
+        if self.link_rtt_ms is not None and self.link_rtt_ms <= 0:
+            raise UsageError(f"{self.flag('link_rtt_ms')} {self.link_rtt_ms} must be > 0 (milliseconds; "
+                             "leave it out for the veth's own round trip)")
+        if self.link_rtt_ms and (self.gpu_host or self.gpu_addr):
+            raise UsageError(f"{self.flag('link_rtt_ms')} delays the embedded link only; a real link has "
+                             "its own round trip: drop it")
+
+    def _validate_profile(self) -> None:
+        if self.link_profile is None:
+            return
+        if self.link_profile not in PROFILES:
+            raise UsageError(f"{self.flag('link_profile')} {self.link_profile!r}: use one of {', '.join(PROFILES)}")
+        rate = PROFILES[self.link_profile]
+        if self.link_gbps is not None and self.link_gbps != rate:
+            raise UsageError(f"{self.flag('link_profile')} {self.link_profile} is {rate:g} Gbit/s and "
+                             f"{self.flag('link_gbps')} {self.link_gbps:g} disagrees: drop one")
+        if self.gpu_host or self.gpu_addr:
+            raise UsageError(f"{self.flag('link_profile')} shapes the embedded link only; a real link has "
+                             f"its own rate: state it with {self.flag('link_nominal_gbps')}")
 
 
 def parse_compare_fail(text: str | None) -> tuple:

@@ -79,3 +79,25 @@ def test_remote_bytes_cross_the_link(gap_testbed):
     assert tx1 - tx0 >= result.payload_tx_bytes > 3_000_000
     assert (tx1 - tx0) < result.payload_tx_bytes * 1.05, "far more than the payload: other traffic?"
     assert rx1 - rx0 >= result.payload_rx_bytes
+
+
+@pytest.mark.parametrize("engine", ["eager", "static"])
+def test_a_batch_decodes_alike_in_every_mode(gap_testbed, engine):
+    """--gap-batch: sequences decoded together give each sequence the tokens generate() gives it
+    in the same batch, in all three modes."""
+    spec = ModelSpec("tiny-llama")
+    model = build_model(spec, "cpu")
+    prompt = prompt_ids(load_config(spec), 16, seed=0, batch=3)
+    eng = EngineSpec(engine, 16 + 6, batch=3)
+    worker = gap_testbed.worker(spec, eng)
+    state_dict = model.state_dict()
+    tokens = {}
+    for make in (lambda: LocalBackend(model, eng), lambda: NaiveBackend(worker, state_dict),
+                 lambda: SysBackend(worker, state_dict)):  # in turn: naive unloads sys's weights
+        backend = make()
+        tokens[backend.mode] = run_phase(backend, prompt, "decode", 5).tokens
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, min_new_tokens=6,
+                         do_sample=False, **generate_cache(eng))
+    expected = out[:, 16:].tolist()
+    assert len(expected) == 3 and len({tuple(t) for t in expected}) == 3, "three different sequences"
+    assert tokens["local"] == expected and tokens["naive"] == expected and tokens["sys_simulated"] == expected

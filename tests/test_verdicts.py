@@ -220,3 +220,14 @@ def test_floor_arithmetic_on_a_synthetic_cell():
     s = cell_floor(sys_, compute, 8.0, copy, 0.001)
     assert s["round trips"] == pytest.approx((1 + STEPS) * 0.001) and s["host→device"] is None
     assert rows["local"]["Floor (s)"] == f"{compute:.4f}"
+
+
+def test_a_batch_scales_ids_logits_and_cache_but_not_weights():
+    one = cell_payload(SHAPE, MODES["naive"], "decode", PROMPT, STEPS)
+    two = cell_payload(SHAPE, MODES["naive"], "decode", PROMPT, STEPS, batch=2)
+    weights = (1 + STEPS) * SHAPE.weights_bytes
+    assert two.tx_bytes - weights == 2 * (one.tx_bytes - weights)
+    assert two.rx_bytes == 2 * one.rx_bytes and two.calls == one.calls
+    sys_one = cell_payload(SHAPE, MODES["sys_simulated"], "decode", PROMPT, STEPS)
+    sys_two = cell_payload(SHAPE, MODES["sys_simulated"], "decode", PROMPT, STEPS, batch=2)
+    assert (sys_two.tx_bytes, sys_two.rx_bytes) == (2 * sys_one.tx_bytes, 2 * sys_one.rx_bytes)

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from harness.compute.engine import EngineSpec
+from harness.compute.engine import EngineSpec, resolved
 from harness.compute.modes import LocalBackend
 from harness.compute.phase import run_phase
 
@@ -50,6 +50,7 @@ def loop_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec()) ->
 
 def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
     """Alternate the two so drift on a shared machine hits both alike."""
+    engine = resolved(engine, next(model.parameters()).device)
     loop, gen = [], []
     loop_tpot_s(model, prompt, 2, engine), generate_tpot_s(model, prompt, 2, engine)  # warm both paths
     for _ in range(repeats):

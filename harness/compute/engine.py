@@ -21,7 +21,7 @@ engine with itself, and with generate() using the same kind of cache.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -29,6 +29,7 @@ from harness.compute.models import cache_kwarg
 from harness.errors import UsageError
 
 ENGINES = ("eager", "static", "graphs")
+AUTO = "auto"  # graphs on a CUDA device, else eager: each host picks for the device it runs on
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class EngineSpec:
     batch: int = 1
 
     def __post_init__(self):
-        if self.name not in ENGINES:
+        if self.name not in (*ENGINES, AUTO):
             raise UsageError(f"unknown engine {self.name!r}: use one of {', '.join(ENGINES)}")
         if self.name != "eager" and self.max_len < 1:
             raise UsageError(f"the {self.name} engine needs max_len >= 1 (prompt + generated tokens)")
@@ -46,6 +47,11 @@ class EngineSpec:
 
 def default_engine(device: str) -> str:
     return "graphs" if str(device).startswith("cuda") else "eager"
+
+
+def resolved(spec: EngineSpec, device) -> EngineSpec:
+    """spec with AUTO replaced by what runs on device."""
+    return spec if spec.name != AUTO else replace(spec, name=default_engine(device))
 
 
 class Slot:
@@ -66,12 +72,15 @@ class _NoEvent:
 class Engine:
     def __init__(self, model, spec: EngineSpec):
         self.model = model
-        self.spec = spec
         self.device = next(model.parameters()).device
+        self.spec = spec = resolved(spec, self.device)
         if spec.name == "graphs" and self.device.type != "cuda":
             raise UsageError(f"the graphs engine captures CUDA graphs: it needs a CUDA device, not "
                              f"{self.device}; use --gap-engine eager (or static)")
         self._free: list[Slot] = []
+        cuda = self.device.type == "cuda"  # one pair of events, reused: nothing made per forward
+        self._span = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda
+                      else (_NoEvent(), _NoEvent()))
 
     # -- sessions ---------------------------------------------------------------------------
     def new_slot(self) -> Slot:
@@ -92,9 +101,11 @@ class Engine:
 
     # -- steps --------------------------------------------------------------------------------
     def forward(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
-        """ids [batch, n] on the device; extends the slot's cache; last position's logits [batch, vocab].
-        On CUDA, events on the stream bracket the forward's device work (gpu_span_s)."""
-        events = self._events()
+        """ids [batch, n] on the device; extends the slot's cache; last position's logits [batch, vocab]
+        (for a replayed graph, its output buffer: read it before the next forward). On CUDA, events
+        on the stream bracket the forward's device work (gpu_span_s)."""
+        events = self._span
+        events[0].record()
         with torch.inference_mode():
             if self.spec.name != "graphs" or ids.shape[1] != 1:
                 logits = self._eager(slot.cache, ids)
@@ -106,21 +117,13 @@ class Engine:
                 slot.graph.replay()
                 logits = slot.logits
         events[1].record()
-        self._span = events
         return logits
-
-    def _events(self):
-        if self.device.type != "cuda":
-            return _NoEvent(), _NoEvent()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        return start, end
 
     def gpu_span_s(self) -> float | None:
         """Device time from the last forward's first to its last kernel (CUDA events; None off
         CUDA). Call after the device was synchronised. Not a sum of kernel times: gaps in which
         the GPU waited for the host's next launch are inside it (eager engines have many)."""
-        start, end = getattr(self, "_span", (_NoEvent(), _NoEvent()))
+        start, end = self._span
         return None if isinstance(start, _NoEvent) else start.elapsed_time(end) / 1e3
 
     def _eager(self, cache, ids):
@@ -139,9 +142,10 @@ class Engine:
                 self._eager(slot.cache, slot.ids)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._rewind(slot, n)
-        slot.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(slot.graph):
-            slot.logits = self._eager(slot.cache, slot.ids)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._eager(slot.cache, slot.ids)
+        slot.graph, slot.logits = graph, logits  # only a whole capture goes back to the pool
 
     # -- the cache as tensors (the naive mode ships it) ------------------------------------
     def seq_len(self, slot: Slot) -> int:

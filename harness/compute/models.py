@@ -3,7 +3,8 @@ weights, or a local Hugging Face model directory.
 
 Both hosts build the same skeleton from a `ModelSpec`; only the client materialises the weights
 (they are what the naive mode ships). Random init is seeded and done on the CPU in fp32 before the
-cast, so every machine gets bit-identical weights for the same (preset, seed, dtype).
+cast, so every machine gets bit-identical weights for the same (preset, seed, dtype); presets too
+large for that (DEVICE_INIT) are made on a CUDA device instead.
 """
 from __future__ import annotations
 
@@ -164,10 +165,11 @@ def default_device() -> str:
     return os.environ.get("SGAP_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prompt_ids(config, prompt_len: int, seed: int) -> torch.Tensor:
-    """Deterministic prompt token ids, shape [1, prompt_len] (int64, CPU)."""
+def prompt_ids(config, prompt_len: int, seed: int, batch: int = 1) -> torch.Tensor:
+    """Deterministic prompt token ids, shape [batch, prompt_len] (int64, CPU); row 0 is the same
+    for every batch size."""
     g = torch.Generator().manual_seed(seed + 1)
-    return torch.randint(0, config.vocab_size, (1, prompt_len), generator=g)
+    return torch.randint(0, config.vocab_size, (batch, prompt_len), generator=g)
 
 
 @functools.cache

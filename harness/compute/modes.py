@@ -160,9 +160,10 @@ def as_packed(state_dict: dict | Packed) -> Packed:
     return state_dict if isinstance(state_dict, Packed) else pack(state_dict)
 
 
-def greedy(logits: torch.Tensor) -> int:
-    """The client's next-token choice: argmax over the vocabulary, first index on ties (as generate())."""
-    return int(torch.argmax(logits[0]))
+def greedy(logits: torch.Tensor) -> list[int]:
+    """The client's next token per sequence: argmax over the vocabulary, first index on ties (as
+    generate()). logits [batch, vocab] -> batch ints (one device sync)."""
+    return torch.argmax(logits, dim=-1).tolist()
 
 
 @dataclass(frozen=True)

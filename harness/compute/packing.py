@@ -72,7 +72,7 @@ def pack(tensors: dict | list) -> Packed:
         entries.append((key, dt, where[ident][1], tuple(t.shape)))
     buffers = {dt: torch.empty(n, dtype=first[dt].dtype, device=first[dt].device) for dt, n in sizes.items()}
     for t, off in where.values():
-        buffers[_dtype_name(t)][off:off + t.numel()].copy_(t.reshape(-1))
+        buffers[_dtype_name(t)][off:off + t.numel()].view(t.shape).copy_(t)  # one copy, even of a slice
     return Packed(buffers, tuple(entries))
 
 

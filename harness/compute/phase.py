@@ -20,7 +20,7 @@ PHASES = ("prefill", "decode")
 class PhaseResult:
     mode: str
     phase: str
-    tokens: list[int]
+    tokens: list                # a sequence's tokens; with a batch, one list per sequence
     latency_s: float            # the whole measured phase (prefill + steps for decode)
     ttft_s: float               # time to first token: the prefill call
     step_times_s: list[float]   # decode steps only
@@ -41,9 +41,16 @@ class PhaseResult:
         return asdict(self) | {"tpot_s": self.tpot_s}
 
 
+def by_sequence(steps: list[list[int]]) -> list[int] | list[list[int]]:
+    """Per-step tokens [step][sequence] -> each sequence's tokens; a batch of one as a plain list."""
+    seqs = [list(s) for s in zip(*steps)]
+    return seqs[0] if len(seqs) == 1 else seqs
+
+
 def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=None,
               end_session: bool = True) -> PhaseResult:
-    """prompt: [1, T] int64 on the CPU. on_step(i, n) is called after each forward (progress).
+    """prompt: [batch, T] int64 on the CPU (batch sequences decoded together). on_step(i, n) is
+    called after each forward (progress).
     end_session=False leaves backend.end() (releasing the worker's cache) to the caller, so that a
     timer around this call (pytest-benchmark's) times the phase alone."""
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
@@ -55,7 +62,7 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     t0 = time.perf_counter()
     logits = backend.prefill(prompt)
     mark = time.perf_counter()
-    tokens = [greedy(logits)]  # .item() inside greedy syncs the device
+    tokens = [greedy(logits)]  # per step, one token per sequence; tolist() inside syncs the device
     ttft = time.perf_counter() - t0
     step_times = []
     if on_step:
@@ -63,7 +70,7 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     client_s = time.perf_counter() - mark
     for i in range(n_steps):
         ts = time.perf_counter()
-        tok = torch.tensor([[tokens[-1]]])
+        tok = torch.tensor(tokens[-1]).unsqueeze(1)  # [batch, 1]
         mark = time.perf_counter()
         logits = backend.step(tok)
         back = time.perf_counter()
@@ -76,6 +83,6 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     if end_session:
         backend.end()  # after latency was taken: releasing a cache is session teardown
     server = {k: v - start[2].get(k, 0.0) for k, v in t.server_s.items()}
-    return PhaseResult(backend.mode, phase, tokens, latency, ttft, step_times,
+    return PhaseResult(backend.mode, phase, by_sequence(tokens), latency, ttft, step_times,
                        t.payload_tx_bytes - start[0], t.payload_rx_bytes - start[1],
                        t.calls - start[3], t.rpc_s - start[4], server, t.stamps[start[5]:], client_s)

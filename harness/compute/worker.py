@@ -28,19 +28,19 @@ from typing import NamedTuple
 import torch
 
 from harness.compute import hostmem
-from harness.compute.models import ModelSpec, build_model, default_device
-from harness.compute.packing import Packed, pack_kv, unpack, unpack_kv
 from harness.compute.engine import Engine, EngineSpec
+from harness.compute.models import ModelSpec, build_model, default_device
+from harness.compute.nvml import make_sampler
+from harness.compute.packing import Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
-from harness.measure.nvml import make_sampler
 
 
 class Reply(NamedTuple):
     logits: torch.Tensor                 # [1, vocab] on the CPU, model dtype
     kv_cache: Packed | list | None = None  # stateless: the whole new cache on the CPU (pack_kv); echo: a list
     kv_cache_id: str | None = None       # stateful only
-    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","d2h_s","dispatch_s"}
+    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","gpu_span_s","d2h_s","dispatch_s"}
     stamps_s: tuple | None = None        # (entered, left): the server's time.time() around the method
 
 
@@ -66,10 +66,6 @@ def _stamped(fn, *args, **kwargs):
     return out, (began, time.time())
 
 
-def _tensors_of(state_dict: dict | Packed) -> dict:
-    return unpack(state_dict) if isinstance(state_dict, Packed) else state_dict
-
-
 class RemoteWorker:
     MAX_SESSIONS = 64  # live KV caches; more means a client forgot release_cache_remote
 
@@ -82,6 +78,7 @@ class RemoteWorker:
         self.params = self._on_compute_thread(FlatParams, self.model)  # weights land here in bulk
         self.engine = self._on_compute_thread(Engine, self.model, engine)
         self.staging = HostStaging(self.device)
+        self.staging.reserve(max(b.nbytes for b in self.params.store.buffers.values()))
         self.weights_loaded = False
         self.caches: dict[str, object] = {}
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
@@ -92,18 +89,20 @@ class RemoteWorker:
     # -- stateless: the naive system ------------------------------------------------------
     @_compute_thread
     def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
-        """state_dict: a dict of tensors or its Packed form (harness.compute.packing.pack)."""
+        """state_dict: the client's Packed weights (harness.compute.packing.pack), or a plain dict."""
         clock = Clock(self.device)
         self._load(state_dict)
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
         slot = self.engine.new_slot()
-        if kv_cache:
-            self.engine.load_kv(slot, unpack_kv(self.staging.packed_to_device(kv_cache)))
-        clock.lap("h2d_s")
-        logits = self._step(input_ids, slot, clock)
-        reply_kv = pack_kv(self.engine.kv(slot)).to("cpu")  # packed on the device: one copy back
-        self.engine.release(slot)  # its buffers (and captured step) serve the next call; its contents do not
+        try:
+            if kv_cache:
+                self.engine.load_kv(slot, unpack_kv(self.staging.packed_to_device(kv_cache)))
+            clock.lap("h2d_s")
+            logits = self._step(input_ids, slot, clock)
+            reply_kv = pack_kv(self.engine.kv(slot)).to("cpu")  # packed on the device: one copy back
+        finally:
+            self.engine.release(slot)  # its buffers (and captured step) serve the next call; its contents do not
         clock.lap("d2h_s")
         return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
 
@@ -179,7 +178,7 @@ class RemoteWorker:
     def stats_remote(self) -> dict:
         import psutil
         cuda = self.device.type == "cuda"
-        return {"sessions": len(self.caches), "malloc": hostmem.POLICY,
+        return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,
                 "gpu_reserved_bytes": torch.cuda.memory_reserved(self.device) if cuda else None,
@@ -200,10 +199,13 @@ class RemoteWorker:
     def _load(self, state_dict: dict | Packed) -> None:
         """The client's pack of the same model lands in bulk (FlatParams); anything else, such as
         a plain dict of tensors, through load_state_dict."""
-        if isinstance(state_dict, Packed) and self.params.matches(state_dict):
+        if not isinstance(state_dict, Packed):
+            self.model.load_state_dict(state_dict)
+        elif self.params.matches(state_dict):
             self.params.load(state_dict, self.staging)
-        else:
-            self.model.load_state_dict(_tensors_of(state_dict))
+        else:  # a Packed is the client's pack of this model: anything else is a bug, not a slow path
+            raise ValueError("the packed weights do not match this worker's model (another model, dtype "
+                             "or transformers version on the client?)")
 
     def _require_weights(self):
         if not self.weights_loaded:

@@ -46,7 +46,7 @@ TIME_PARTS = ("client_s", "client_ser_s", "wire_tx_s", "server_deser_s", *SERVER
 
 def breakdown(r: dict, link_bytes: int, iperf_gbps: float | None) -> dict:
     """Where a round's wall-clock went, every part measured on its own:
-    client_s: the client's own work between calls (choosing the next token; engine's timer);
+    client_s: the client's own work between calls (choosing the next token; run_phase's timer);
     server_*: the worker's timers (CUDA-synchronised) and its hand-over to the compute thread;
     client_ser .. client_deser: the client's and server's clocks and the capture's packet times
     (harness.measure.timeline). Parts not measured in a round (no capture) are None, never derived from

@@ -47,14 +47,25 @@ def changed_files(repo: Path) -> list[str] | None:
     return None if out.returncode != 0 else [line[3:] for line in out.stdout.splitlines()]
 
 
+def link_emulation(link) -> dict:
+    """What the emulated link was given, as numbers a sweep's reader groups by (flat keys, as
+    report.costmodel reads link_rtt_ms): the line rate (None: unshaped), the round trip added to
+    the veth's own (0: none) and the profile named. None throughout on a real link: it has its own."""
+    if link.kind != "veth":
+        return {"link_rate_gbps": None, "link_rtt_ms": None, "link_profile": None}
+    return {"link_rate_gbps": link.rate_gbps, "link_rtt_ms": link.rtt_ms or 0.0, "link_profile": link.profile}
+
+
 def describe_testbed(bed, opts) -> dict:
+    worker = call(bed.worker(opts.spec, opts.engine_spec), "stats_remote")
     return {"versions": versions(), "command": ["pytest", *sys.argv[1:]], "strict": opts.strict,
-            "prompt_len": opts.prompt_len, "steps": opts.steps, "rounds": opts.rounds, "warmup": opts.warmup,
+            "prompt_len": opts.prompt_len, "steps": opts.steps, "batch": opts.batch, "rounds": opts.rounds,
+            "warmup": opts.warmup,
             "gpu": nvidia_smi(bed.link.host), "link": bed.link.label,
             "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),
+            **link_emulation(bed.link),
             "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
             "model": opts.spec.name, "dtype": opts.spec.dtype,
-            "device": opts.resolved_device,
-            # the worker's host-memory policy changes what the naive mode's receive costs (alloc.py)
-            "worker_malloc": call(bed.worker(opts.spec, opts.engine_spec), "stats_remote")["malloc"],
-            "engine": opts.engine_spec.name}
+            "device": worker["device"], "client_device": opts.resolved_device,
+            # the worker's malloc policy changes what naive's receive costs (harness/compute/hostmem.py)
+            "worker_malloc": worker["malloc"], "engine": worker["engine"]}

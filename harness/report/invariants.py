@@ -17,7 +17,7 @@ PROBE_OVERHEAD_MAX = 1.02   # latency with the probe on over off (benchmarks/tes
 
 
 def check_cell(info, others) -> list[str]:
-    return (_wire_covers_payload(info) + _capture_complete(info) + _closure_holds(info)
+    return (_wire_covers_payload(info) + _payload_as_modelled(info) + _capture_complete(info) + _closure_holds(info)
             + _same_tokens(info, others) + _blind_exceeds_aware(info, others))
 
 
@@ -78,6 +78,18 @@ def _wire_covers_payload(info) -> list[str]:
     return out
 
 
+def _payload_as_modelled(info) -> list[str]:
+    """What the backends counted from the tensors sent must be what the payload model says."""
+    out = []
+    for i, r in enumerate(info.measured):
+        a = r.get("analysis")
+        if a and not a["analytic_equals_tensors"]:
+            out.append(f"{info.name} round {i + 1}: tensors sent {r['payload_tx_bytes']} B / received "
+                       f"{r['payload_rx_bytes']} B, the payload model says {a['analytic_tx_bytes']} / "
+                       f"{a['analytic_rx_bytes']}: the model or a backend is wrong")
+    return out
+
+
 def _capture_complete(info) -> list[str]:
     drops = [r["pcap_dropped"] for r in info.rounds if r["pcap_dropped"]]
     return [f"tcpdump dropped {sum(drops)} packets in {len(drops)} round(s): pcap bytes are short"] if drops else []
@@ -105,6 +117,8 @@ def _blind_exceeds_aware(info, others) -> list[str]:
     if info.mode not in remote or not blind or not aware:
         return []
     b, a = blind[0], aware[0]
+    if b.summary.link_bytes.mean is None or a.summary.link_bytes.mean is None:
+        return []  # a cell with no measured round has failed already
     if b.summary.link_bytes.mean > a.summary.link_bytes.mean:
         return []
     return [f"{info.phase}: {b.mode} moved {human_bytes(b.summary.link_bytes.mean)} <= {a.mode}'s "

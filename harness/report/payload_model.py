@@ -68,19 +68,20 @@ class Payload:
         return self.tx_bytes + self.rx_bytes
 
 
-def cell_payload(shape: Shape, mode, phase: str, prompt_len: int, steps: int) -> Payload:
+def cell_payload(shape: Shape, mode, phase: str, prompt_len: int, steps: int, batch: int = 1) -> Payload:
     """One round of a cell (prefill alone, or prefill + steps), excluding sys's one-time load.
-    mode: a harness.compute.modes.Mode."""
+    mode: a harness.compute.modes.Mode; batch: sequences decoded together (ids, logits and the KV
+    cache scale with it, the weights do not)."""
     if not mode.remote:
         return Payload(0, 0, 0)
     calls = [(0, prompt_len)] + ([(prompt_len + j, 1) for j in range(steps)] if phase == "decode" else [])
     tx = rx = 0
     for s_prev, new in calls:
-        tx += new * 8
-        rx += shape.logits
+        tx += batch * new * 8
+        rx += batch * shape.logits
         if mode.stateless:
-            tx += shape.weights_bytes + shape.kv(s_prev)
-            rx += shape.kv(s_prev + new)
+            tx += shape.weights_bytes + batch * shape.kv(s_prev)
+            rx += batch * shape.kv(s_prev + new)
     return Payload(tx, rx, len(calls))
 
 

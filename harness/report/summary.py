@@ -97,8 +97,12 @@ class CellSummary:
         if missing:
             raise ValueError(f"cell summary lacks {', '.join(missing)}: written by another version of the "
                              "suite; re-run it with this one")
-        return cls(**{f.name: Stat(**d[f.name]) if f.type == "Stat" else d[f.name]
-                      for f in dataclasses.fields(cls) if f.name in d})
+        try:
+            return cls(**{f.name: Stat(**d[f.name]) if f.type == "Stat" else d[f.name]
+                          for f in dataclasses.fields(cls) if f.name in d})
+        except TypeError as e:  # a Stat of another shape (no n, say)
+            raise ValueError(f"cell summary unreadable ({e}): written by another version of the suite; "
+                             "re-run it with this one") from None
 
 
 def _round_figure(r: dict, key: str):

@@ -84,7 +84,7 @@ def check_rows(infos) -> list[dict]:
         dmon = s.util_dmon_sm_pct.mean
         rows.append({
             "Phase": info.phase, "Mode": info.mode,
-            "Analytic payload": human_bytes(s.analytic_bytes or 0),
+            "Analytic payload": human_bytes(s.analytic_bytes),
             "pcap bytes": human_bytes(s.pcap_bytes.mean),
             "Counter bytes": human_bytes(s.link_bytes.mean),
             "Closure": f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)") + _retransmitted(s.dissection),
@@ -130,7 +130,7 @@ def time_rows(infos) -> list[dict]:
     rows = []
     for info in sorted(infos, key=_sort_key):
         s = info.summary
-        row = {"Phase": info.phase, "Mode": info.mode, "Latency (s)": f"{s.latency_s.mean:.4f}"}
+        row = {"Phase": info.phase, "Mode": info.mode, "Latency (s)": _num(s.latency_s.mean, lambda v: f"{v:.4f}")}
         row |= {k: _num(s.time[k] if s.time else None, lambda v: f"{v:.4f}") for k in TIME_PARTS}
         row["sum / latency"] = _num(s.time_parts_sum_ratio.mean, lambda v: f"{v:.3f}") if s.time_complete \
             else "n/a (wire, serdes unmeasured: capture off, or a call with no data packet seen)"
@@ -188,6 +188,8 @@ def floor_rows(infos, controls: dict, env: dict) -> list[dict]:
             continue
         floor = sum(v for v in parts.values() if v is not None)
         measured = info.summary.latency_s.mean
+        if measured is None:
+            continue
         rows.append({"Phase": info.phase, "Mode": info.mode, "Latency (s)": f"{measured:.4f}",
                      "Floor (s)": f"{floor:.4f}", "Measured ÷ floor": f"{measured / floor:.2f}" if floor else "n/a",
                      "Dominant part": max(parts, key=lambda k: parts[k] or 0),

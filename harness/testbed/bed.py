@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.compute.engine import EngineSpec
 from harness.compute.models import ModelSpec
@@ -85,13 +85,19 @@ def resolve(target: SshTarget) -> str:
         raise UsageError(f"cannot resolve GPU host {target.host!r}{via} ({e}): pass --gap-gpu-addr") from None
 
 
-def embedded_link(rate_gbps: float | None = None) -> Link:
+def embedded_link(rate_gbps: float | None = None, rtt_ms: float | None = None,
+                  profile: str | None = None) -> Link:
+    """The namespace link, shaped to rate_gbps and rtt_ms added if given; profile: the name the
+    rate came from (link.PROFILES), for the label."""
     netns.clean_stale()
     if netns.can_make_namespaces():
-        return netns.create(rate_gbps=rate_gbps)
-    if rate_gbps:
-        raise UsageError("a link rate needs the namespace link, which needs root: run as root "
-                         "or drop the link rate")
+        try:
+            return replace(netns.create(rate_gbps=rate_gbps, rtt_ms=rtt_ms), profile=profile)
+        except netns.NoNetem as e:  # the machine's, not a fault of the run: one line, as bad options
+            raise UsageError(str(e)) from None
+    if rate_gbps or rtt_ms:
+        raise UsageError("a link rate or round trip needs the namespace link, which needs root: "
+                         "run as root or drop them")
     log.warning("no root: GPU host emulated on loopback; byte counts include all loopback traffic")
     return netns.loopback()
 
@@ -99,10 +105,11 @@ def embedded_link(rate_gbps: float | None = None) -> Link:
 @contextlib.contextmanager
 def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.DEFAULT_CHANNEL,
             device: str | None = None, host: GpuHost | None = None, rpc_timeout_s: float = 30.0,
-            link_gbps: float | None = None):
+            link_gbps: float | None = None, link_rtt_ms: float | None = None, link_profile: str | None = None):
     """Yields a Testbed.
     - nothing given: the embedded default (namespace + veth, worker started inside), its veth
-      shaped to link_gbps each way if given;
+      shaped to link_gbps each way and link_rtt_ms added to its round trip if given
+      (link_profile: the name the rate came from);
     - gpu_addr alone: a worker someone started there (rpc_server.py), reached directly;
     - host with ssh: the worker started over ssh, RPC to gpu_addr (default: the ssh host)."""
     from torch.distributed import rpc as torch_rpc
@@ -115,7 +122,7 @@ def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.D
             host.check()
             link = remote_link(gpu_addr or resolve(host.ssh), host)
         else:
-            link = remote_link(gpu_addr) if gpu_addr else embedded_link(link_gbps)
+            link = remote_link(gpu_addr) if gpu_addr else embedded_link(link_gbps, link_rtt_ms, link_profile)
         cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)
         if link.kind != "remote" or link.host.ssh:
             server = ServerProcess(cfg, host=link.host, device=device).start()

@@ -6,6 +6,12 @@ from pathlib import Path
 
 from harness.testbed.hosts import GpuHost
 
+# Named links: line rates only. The plan names a 25 GbE NIC and no round trip, and a rack's
+# (tens of microseconds) is below what the veth itself shows (~0.1 ms on the CPU box), so a
+# profile adds none: the RTT is its own option and axis.
+PROFILES = {"nic25": 25.0,    # the plan's testbed: a 25 GbE NIC
+            "nic100": 100.0}  # 100 GbE, as the H100 results ran
+
 
 @dataclass(frozen=True)
 class Link:
@@ -18,6 +24,8 @@ class Link:
     netns: str | None           # the GPU host's namespace, None on loopback
     host: GpuHost = GpuHost()   # how to run programs on the GPU host
     rate_gbps: float | None = None  # a line rate given to the veth (tc tbf), None: unshaped
+    rtt_ms: float | None = None     # a round trip added to the veth's own (tc netem, half each way)
+    profile: str | None = None      # the PROFILES name the rate came from, if any
 
     @property
     def gpu_prefix(self) -> list[str]:
@@ -28,7 +36,9 @@ class Link:
     def label(self) -> str:
         if self.kind == "veth":
             rate = f", shaped to {self.rate_gbps:g} Gbit/s" if self.rate_gbps else ", unshaped"
-            return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}{rate}"
+            named = f" (profile {self.profile})" if self.profile else ""
+            rtt = f", RTT {self.rtt_ms:g} ms added (netem, half each way)" if self.rtt_ms else ""
+            return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}{rate}{named}{rtt}"
         if self.kind == "remote":
             via = f"ssh {self.host.ssh.destination}" if self.host.ssh else "worker started by hand"
             return f"{self.client_iface} -> {self.gpu_addr} ({via})"

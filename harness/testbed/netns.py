@@ -27,6 +27,10 @@ class NetnsError(RuntimeError):
     pass
 
 
+class NoNetem(NetnsError):
+    """The kernel has no sch_netem, so no round trip can be added to the link."""
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run(["ip", *args], capture_output=True, text=True)
     if check and out.returncode != 0:
@@ -49,10 +53,12 @@ def _addresses(pid: int, slot: int) -> tuple[str, str]:
     return str(base + 1), str(base + 2)
 
 
-def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: float | None = None) -> Link:
+def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: float | None = None,
+           rtt_ms: float | None = None) -> Link:
     """Create the namespace and veth pair; remove anything half-made if a step fails.
     slot > 0 gives the same process another link (a test's own GPU host, say).
-    rate_gbps gives the link a line rate each way (see shape)."""
+    rate_gbps gives the link a line rate each way (see shape); rtt_ms adds that round trip to
+    the veth's own, half of it each way (see delay)."""
     pid = pid or os.getpid()
     ns, vc, vg = link_names(pid, slot)
     ca, ga = _addresses(pid, slot)
@@ -65,14 +71,17 @@ def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: fl
         _ip("-n", ns, "addr", "add", f"{ga}/30", "dev", vg)
         _ip("-n", ns, "link", "set", vg, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
-        if rate_gbps:
+        if rate_gbps or rtt_ms:
             for side, dev in ((None, vc), (ns, vg)):
-                shape(side, dev, rate_gbps)
-                spread_receive(side, dev)
+                if rtt_ms:
+                    delay(side, dev, rtt_ms / 2, rate_gbps)
+                else:
+                    shape(side, dev, rate_gbps)
+                spread_receive(side, dev)  # netem, like tbf, releases its packets from one CPU's timer
     except NetnsError:
         destroy_names(ns, vc)
         raise
-    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns), rate_gbps)
+    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns), rate_gbps, rtt_ms)
 
 
 def spread_receive(ns: str | None, dev: str) -> None:
@@ -91,7 +100,7 @@ def spread_receive(ns: str | None, dev: str) -> None:
         raise NetnsError(f"receive steering on {dev} failed: {out.stderr.strip()} (writing {path})")
 
 
-def shape(ns: str | None, dev: str, rate_gbps: float) -> None:
+def shape(ns: str | None, dev: str, rate_gbps: float, under_netem: bool = False) -> None:
     """A token bucket on dev's egress: the emulated link gets a line rate, as a NIC has.
 
     Unshaped, a veth is as fast as the CPUs copy, and iperf3's cache-resident buffers copy far
@@ -100,19 +109,66 @@ def shape(ns: str | None, dev: str, rate_gbps: float) -> None:
     so 64 KB GSO segments pass whole). The queue holds 100 ms (at most 4 GB, tc's limit), so
     that the bucket queues rather than drops, as a NIC pushes back on its host. The
     retransmissions the H100 host showed (2-6% of a naive call's bytes, with a 10 ms queue and
-    with this one alike) went only with spread_receive."""
+    with this one alike) went only with spread_receive.
+
+    under_netem: the bucket is netem's child (see delay), and its queue takes any TCP window."""
     bytes_per_s = rate_gbps * 1e9 / 8
     burst = max(256_000, int(bytes_per_s * 1e-3))
     limit = min(2**32 - 1, max(4 * burst, int(bytes_per_s * 0.1)))
-    try:
-        out = subprocess.run(["tc", *(["-n", ns] if ns else []), "qdisc", "replace", "dev", dev, "root", "tbf",
-                              "rate", f"{rate_gbps:g}gbit", "burst", str(burst), "limit", str(limit)],
-                             capture_output=True, text=True)
-    except FileNotFoundError:
-        raise NetnsError("tc not found: apt-get install iproute2") from None
+    if under_netem:
+        # netem has taken each packet from its socket, so TCP small queues no longer hold the
+        # sender to ~1 ms of queue here: only the windows bound it, and a drop would be a
+        # retransmission the closure check counts. tc's largest limit; memory is not reserved.
+        limit = 2**32 - 1
+    where = ["parent", "1:1", "handle", "10:"] if under_netem else ["root"]
+    out = _tc(ns, "qdisc", "replace", "dev", dev, *where, "tbf",
+              "rate", f"{rate_gbps:g}gbit", "burst", str(burst), "limit", str(limit))
     if out.returncode != 0:
         raise NetnsError(f"shaping {dev} to {rate_gbps:g} Gbit/s failed: {out.stderr.strip()} "
                          "(needs tc from iproute2 and the kernel's sch_tbf)")
+
+
+NETEM_LIMIT = 1_000_000  # packets
+
+
+def delay(ns: str | None, dev: str, one_way_ms: float, rate_gbps: float | None = None) -> None:
+    """netem on dev's egress holds every packet one_way_ms (half the round trip: the peer's end
+    holds the other half); with a rate, a token bucket as netem's child then gives the line rate.
+
+    Why netem at the root with the tbf as its child, not netem's own `rate`: the child is the
+    very bucket shape() gives a link with no added round trip (its 1 ms burst passes 64 KB GSO
+    segments whole and releases a millisecond at a time), so the points of a sweep's RTT axis
+    differ in the delay alone; netem's `rate` is another shaper, pacing packet by packet with
+    no burst. (tbf at the root with netem its child delays and shapes alike: the tbf pulls
+    each packet once netem lets it go.) Not measured against each other: the kernel this
+    was written on (6.18 Firecracker, the CPU box) lacks sch_netem.
+
+    netem takes each packet from its socket (skb_orphan_partial), so TCP small queues no longer
+    bound what waits here: the TCP windows do. Its limit (packets; the default 1000 is under
+    2 ms of MTU packets at 10 Gbit/s) is set past any window, so that it holds rather than
+    drops: a drop is a retransmission, and the closure check counts it against the cell.
+
+    The client's tcpdump sees its packets as they leave the qdiscs, after their half of the
+    delay: in the timeline, a request's half lands before its first packet (client
+    serialisation) and a reply's before its first packet too (server serialisation)."""
+    root = ["root", "handle", "1:"] if rate_gbps else ["root"]
+    out = _tc(ns, "qdisc", "replace", "dev", dev, *root, "netem",
+              "delay", f"{one_way_ms * 1000:.0f}us", "limit", str(NETEM_LIMIT))
+    if out.returncode != 0 and "kind is unknown" in out.stderr:
+        raise NoNetem(f"delaying {dev} by {one_way_ms:g} ms: this kernel has no sch_netem "
+                      "(CONFIG_NET_SCH_NETEM), which an added round trip needs: drop the RTT, "
+                      "or run on a kernel that has it")
+    if out.returncode != 0:
+        raise NetnsError(f"delaying {dev} by {one_way_ms:g} ms failed: {out.stderr.strip()}")
+    if rate_gbps:
+        shape(ns, dev, rate_gbps, under_netem=True)
+
+
+def _tc(ns: str | None, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["tc", *(["-n", ns] if ns else []), *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise NetnsError("tc not found: apt-get install iproute2") from None
 
 
 def loopback() -> Link:

@@ -1,0 +1,61 @@
+"""A cost model of every cell (issue 13, item 3): a cell's latency and bytes from a few measured
+components, fitted on calibration runs and checked on points it was not fitted on.
+
+A round is a sequence of forward calls: the prefill (P prompt tokens, empty cache), then for decode
+one call per step j = 0..steps-1 (one token, a cache of P + j tokens). Per round:
+
+  local:   T = sum_calls compute(call) + calls x local_call_s
+  remote:  T = sum_calls compute(call) + round_s + calls x (call_s + rtts_per_call x rtt_s)
+               + wire_bytes x (1 / goodput_Bps + 1 / path_Bps)
+  naive adds   + load_bytes / load_Bps + reply_bytes / d2h_Bps
+               (load_bytes = what it receives: weights + cache + ids; reply_bytes = cache + logits)
+
+  compute(prefill of P tokens)          = prefill_s + prefill_token_s x P
+  compute(decode step over a c-token cache) = step_s + step_ctx_s x c
+
+Bytes of a round, both directions, Ethernet/IP/TCP headers included as the link's counters count:
+
+  bytes = payload + round_B + calls x framing_B + payload x HEADER_BYTES / segment_B
+
+payload is harness.report.payload_model.cell_payload's, exact; the other terms are the protocol: a
+session's set-up, RPC framing per call, and one 66-byte header per packet of segment_B payload bytes.
+
+Every term, its unit and where its number comes from is in TERMS; `Components.notes` says, per fit,
+which cells gave it or why it holds a default. The fit is relative least squares (each point's error
+divided by its measured value) term group by term group, from the time parts the suite measures
+(harness.report.analysis.TIME_PARTS), so that each component comes from the part that shows it:
+  compute        <- server_compute_s of every cell (all modes run the same engine), per model
+  load / d2h     <- server_load_s + server_h2d_s / server_d2h_s of the naive cells
+  path           <- wire_tx_s + wire_rx_s of the cells moving >= 1 MB per call, less bytes / goodput
+                    and one link RTT a call (the packet times' span is taken to hold one)
+  call / round   <- what remains of each remote cell's latency after the modelled terms
+  round/framing/segment <- link bytes - payload of the remote cells
+A term no calibration point can tell apart from another (one prompt length cannot separate
+prefill_s from prefill_token_s) is held at 0 and the note says so: its effect is folded into the term
+it is collinear with, which is exact at the calibrated point and unknown away from it.
+
+Its modules: terms.py (TERMS, the targets, Compute and Components), points.py (what a cell ran on and
+measured; reading calibration and sweep JSONs), predict.py (GPU specifications, predict, weight_load,
+compute scaled to another model or GPU), fit.py (the fit above), evaluate.py (held-out evaluation and the
+tables for a reader).
+
+No pytest here: tests/test_costmodel.py drives it; harness/report/project.py uses it.
+"""
+from __future__ import annotations
+
+from harness.report.costmodel.terms import BYTES_TARGET, LATENCY_TARGET, TERMS, Components, Compute
+from harness.report.costmodel.points import (RTT_MS_KEYS, Link, Measured, Point, Run, link_of, load_all,
+                                             load_points, shape_for)
+from harness.report.costmodel.predict import (GPUS, Gpu, Overhead, Prediction, compute_for, overhead_of,
+                                              pcie_Bps, predict, roofline, scale_compute, weight_load)
+from harness.report.costmodel.fit import fit
+from harness.report.costmodel.evaluate import EvalRow, Evaluation, Select, component_rows, eval_rows, evaluate
+
+__all__ = [
+    "BYTES_TARGET", "LATENCY_TARGET", "TERMS", "Components", "Compute",
+    "RTT_MS_KEYS", "Link", "Measured", "Point", "Run", "link_of", "load_all", "load_points", "shape_for",
+    "GPUS", "Gpu", "Overhead", "Prediction", "compute_for", "overhead_of", "pcie_Bps", "predict", "roofline",
+    "scale_compute", "weight_load",
+    "fit",
+    "EvalRow", "Evaluation", "Select", "component_rows", "eval_rows", "evaluate",
+]

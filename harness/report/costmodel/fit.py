@@ -1,0 +1,228 @@
+"""Fitting Components on calibration points: the term groups and sources the package's docstring
+(harness.report.costmodel) describes, by relative non-negative least squares."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Iterable
+
+import numpy as np
+
+from harness.compute.modes import MODES
+from harness.report.costmodel.points import Point
+from harness.report.costmodel.predict import predict
+from harness.report.costmodel.terms import Components, Compute
+from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, HEADER_BYTES, cell_payload
+
+
+# --- fitting --------------------------------------------------------------------------------------------
+
+def _lstsq_nonneg(A, t, names, drop_first=()) -> tuple[dict, dict]:
+    """min |A b - t|^2 over b >= 0, rows already scaled. Columns no row exercises, or that the rows
+    cannot tell apart from the others (rank; dropped in drop_first order, then from the last), are
+    held at 0; a coefficient that fits negative is held at 0 and the rest refitted.
+    Returns (values, notes: why a term holds 0)."""
+    A, t = np.asarray(A, float).reshape(len(t), len(names)), np.asarray(t, float)
+    active = [j for j in range(len(names)) if np.any(A[:, j])]
+    notes = {names[j]: "no calibration point exercises it: 0" for j in range(len(names)) if j not in active}
+
+    def rank(cols):
+        if not cols:
+            return 0
+        M = A[:, cols] / np.linalg.norm(A[:, cols], axis=0)
+        return int(np.linalg.matrix_rank(M, tol=1e-6 * max(1, len(M))))
+
+    order = [names.index(n) for n in drop_first if names.index(n) in active]
+    order += [j for j in reversed(active) if j not in order]
+    while active and rank(active) < len(active):
+        j = next(j for j in order if j in active and rank([k for k in active if k != j]) == rank(active))
+        active.remove(j)
+        notes[names[j]] = "not identifiable from these points (collinear with the other terms): 0, folded into them"
+    while True:
+        b = np.zeros(len(names))
+        if active:
+            b[active] = np.linalg.lstsq(A[:, active], t, rcond=None)[0]
+        neg = [j for j in active if b[j] < 0]
+        if not neg:
+            return {n: float(b[i]) for i, n in enumerate(names)}, notes
+        j = min(neg, key=lambda k: b[k])
+        active.remove(j)
+        notes[names[j]] = f"fitted negative ({b[j]:.3g}): held at 0"
+
+
+def _rel_lstsq(X, y, names, drop_first=()) -> tuple[dict, dict]:
+    """min sum(((X b - y) / y)^2) over b >= 0: each point's relative error."""
+    X, y = np.asarray(X, float).reshape(len(y), len(names)), np.asarray(y, float)
+    keep = np.abs(y) > 0
+    w = 1.0 / np.abs(y[keep])
+    return _lstsq_nonneg(X[keep] * w[:, None], y[keep] * w, names, drop_first)
+
+
+def _weighted_lstsq(X, y, scale, names) -> tuple[dict, dict]:
+    """min sum(((X b - y) / scale)^2) over b >= 0: a remainder y weighed by its cell's whole latency."""
+    X, w = np.asarray(X, float).reshape(len(y), len(names)), 1.0 / np.asarray(scale, float)
+    return _lstsq_nonneg(X * w[:, None], np.asarray(y, float) * w, names)
+
+
+def _through_origin(pairs) -> float | None:
+    """x minimising sum((t - B x) / t)^2 over (B, t) pairs: the relative fit of t = B x."""
+    u = [b / t for b, t in pairs if t and t > 0]
+    return sum(u) / sum(v * v for v in u) if u else None
+
+
+def _payload(p: Point):
+    kw = {"batch": p.batch} if p.batch != 1 else {}
+    return cell_payload(p.shape, MODES[p.mode], p.phase, p.prompt_len, p.steps, **kw)
+
+
+def _fit_compute(points: list[Point]) -> tuple[Compute, dict]:
+    names = ["prefill_s", "prefill_token_s", "step_s", "step_ctx_s"]
+    rows, y = [], []
+    for p in points:
+        if p.measured.compute_s is None:
+            continue
+        calls = p.calls()
+        rows.append([1, p.prompt_len, len(calls) - 1, sum(s for s, _ in calls[1:])])
+        y.append(p.measured.compute_s)
+    values, notes = _rel_lstsq(rows, y, names, drop_first=["prefill_token_s", "step_ctx_s"])
+    if "step_ctx_s" in notes:   # totals cannot separate it: the local decode's per-step times may
+        slope, note = _step_slope([p for p in points if not MODES[p.mode].remote and p.measured.step_s])
+        if slope:
+            rows_fixed = [r[:3] for r in rows]
+            y_fixed = [t - slope * r[3] for r, t in zip(rows, y)]
+            values, notes = _rel_lstsq(rows_fixed, y_fixed, names[:3], drop_first=["prefill_token_s"])
+            values["step_ctx_s"] = slope
+        notes["step_ctx_s"] = note
+    cells = sorted({p.label.rsplit(" ", 1)[1] for p in points if p.measured.compute_s is not None})
+    src = f"fitted on server_compute_s of {len(y)} cells ({', '.join(cells)})"
+    return Compute(**values, source=src), notes
+
+
+def _step_slope(points: list[Point]) -> tuple[float, str]:
+    """Slope of the local decode's per-step wall time against cache length, pooled within cells (a
+    constant per-step cost does not bias it); used only where it is > 2 standard errors from 0."""
+    xs, ys = [], []
+    for p in points:
+        ctx = np.array([s for s, _ in p.calls()[1:]], float)
+        t = np.array(p.measured.step_s, float)
+        if len(t) != len(ctx) or len(t) < 3:
+            continue
+        xs.append(ctx - ctx.mean())
+        ys.append(t - t.mean())
+    if not xs:
+        return 0.0, "not identifiable (one prompt length, no per-step times): 0"
+    x, yv = np.concatenate(xs), np.concatenate(ys)
+    slope = float(x @ yv / (x @ x))
+    resid = yv - slope * x
+    se = math.sqrt(float(resid @ resid) / max(1, len(x) - 1 - len(xs)) / float(x @ x))
+    span = f"{int(min(min(p.calls()[1:])[0] for p in points))}-{int(max(max(p.calls()[1:])[0] for p in points))}"
+    if slope > 2 * se:
+        return slope, (f"from the local decode's per-step times, cache {span} tokens ({slope:.3g} ± {se:.2g} "
+                       "s/token): extrapolating far beyond that range is uncertain")
+    return 0.0, (f"per-step times over a cache of {span} tokens give {slope:.3g} ± {se:.2g} s/token, not "
+                 "distinguishable from 0 (or negative): 0")
+
+
+def fit(points: Iterable[Point]) -> Components:
+    """Components from calibration points (each with .measured). See the module's docstring."""
+    points = [p for p in points if p.measured is not None]
+    if not points:
+        raise ValueError("fit needs measured points")
+    notes = {}
+    compute, shapes, refs = {}, {}, {}
+    for key in sorted({p.key for p in points}):
+        mine = [p for p in points if p.key == key]
+        compute[key], cnotes = _fit_compute(mine)
+        shapes[key] = mine[0].shape
+        refs[key] = (mine[0].prompt_len, mine[0].steps)
+        notes |= {f"{t} ({key})": n for t, n in cnotes.items()}
+    c = Components(call_s=0.0, round_s=0.0, rtts_per_call=1.0, local_call_s=0.0, path_Bps=math.inf,
+                   load_Bps=math.inf, d2h_Bps=math.inf, framing_B=0.0, segment_B=math.inf, compute=compute,
+                   shapes=shapes, refs=refs)
+    remote = [p for p in points if MODES[p.mode].remote]
+    naive = [p for p in remote if MODES[p.mode].stateless]
+    local = [p for p in points if not MODES[p.mode].remote]
+
+    # bytes: link - payload = round_B + calls x framing + payload x 66 / segment
+    rows, y = [], []
+    for p in remote:
+        pay = _payload(p)
+        rows.append([1, pay.calls, pay.total])
+        y.append(p.measured.bytes - pay.total)
+    if remote:
+        # each cell weighed by its whole link bytes: the target is the round's bytes, not the overhead
+        v, n = _weighted_lstsq(rows, y, [p.measured.bytes for p in remote], ["round_B", "framing_B", "header_share"])
+        segment = HEADER_BYTES / v["header_share"] if v["header_share"] > 0 else math.inf
+        c = replace(c, round_B=v["round_B"], framing_B=v["framing_B"], segment_B=segment)
+        notes["round_B"] = n.get("round_B", f"fitted on link bytes - payload of {len(y)} remote cells")
+        notes["framing_B"] = n.get("framing_B", f"fitted on link bytes - payload of {len(y)} remote cells")
+        notes["segment_B"] = n.get("header_share", f"fitted with framing_B ({HEADER_BYTES} B of headers a packet)")
+
+    # naive worker's load and reply rates
+    load = _through_origin([(_payload(p).tx_bytes, p.measured.load_s) for p in naive if p.measured.load_s])
+    d2h = _through_origin([(_payload(p).rx_bytes, p.measured.d2h_s) for p in naive if p.measured.d2h_s])
+    c = replace(c, load_Bps=1 / load if load else math.inf, d2h_Bps=1 / d2h if d2h else math.inf)
+    notes["load_Bps"] = f"fitted on {sum(1 for p in naive if p.measured.load_s)} naive cells" if load else \
+        "no naive cell with a measured load: not modelled (infinite rate)"
+    notes["d2h_Bps"] = f"fitted on {sum(1 for p in naive if p.measured.d2h_s)} naive cells" if d2h else \
+        "no naive cell with a measured reply copy: not modelled (infinite rate)"
+
+    # the RPC path in series with the link: wire_s - calls x rtt - bytes/goodput = bytes x (1/path)
+    pairs = []
+    for p in remote:
+        pay = _payload(p)
+        if p.measured.wire_s is None or pay.total / pay.calls < CLOSURE_MIN_PAYLOAD:
+            continue
+        b = p.measured.bytes
+        pairs.append((b, p.measured.wire_s, p.measured.wire_s - pay.calls * p.link.rtt_s - b / p.link.goodput_Bps))
+    if pairs:
+        u = [b / w for b, w, _ in pairs]
+        x = sum(ui * (r / w) for ui, (_, w, r) in zip(u, pairs)) / sum(ui * ui for ui in u)
+        c = replace(c, path_Bps=1 / x if x > 0 else math.inf)
+        notes["path_Bps"] = (f"fitted on the wire time of {len(pairs)} cells moving >= 1 MB a call"
+                             + ("" if x > 0 else ": the path kept up with the link (infinite)"))
+    else:
+        notes["path_Bps"] = "no cell moving >= 1 MB a call with packet times: the link alone (infinite)"
+
+    # per call, per round, per RTT: what the modelled terms leave of each remote cell's latency
+    # (measured compute, so that the compute fit's scatter does not land here)
+    rows, y = [], []
+    for p in remote:
+        pred = predict(c, replace(p, link=replace(p.link, rtt_s=0.0)))
+        compute = p.measured.compute_s if p.measured.compute_s is not None else pred.parts["compute"]
+        calls = len(p.calls())
+        rows.append([1, calls, calls * p.link.rtt_s])
+        y.append(p.measured.latency_s - compute - pred.parts["wire"] - pred.parts["load"] - pred.parts["d2h"])
+    if remote:
+        varied = len({p.link.rtt_s for p in remote}) > 1
+        names = ["round_s", "call_s", "rtts_per_call"]
+        if not varied:  # one RTT: one per call assumed and subtracted, not fitted
+            y = [t - r[2] for r, t in zip(rows, y)]
+            rows, names = [r[:2] for r in rows], names[:2]
+        v, n = _weighted_lstsq(rows, y, [p.measured.latency_s for p in remote], names)
+        c = replace(c, round_s=v["round_s"], call_s=v["call_s"], rtts_per_call=v.get("rtts_per_call", 1.0))
+        notes["round_s"] = n.get("round_s", f"fitted on {len(y)} remote cells")
+        notes["call_s"] = n.get("call_s", f"fitted on {len(y)} remote cells")
+        notes["rtts_per_call"] = n.get("rtts_per_call", "fitted across the calibration's RTTs") if varied else \
+            "the calibration has one RTT: 1 assumed (a request and its reply)"
+    rows, y, lat = [], [], []
+    for p in local:
+        measured_compute = p.measured.compute_s if p.measured.compute_s is not None else predict(c, p).parts["compute"]
+        rows.append([len(p.calls())])
+        y.append(p.measured.latency_s - measured_compute)
+        lat.append(p.measured.latency_s)
+    if local:
+        v, n = _weighted_lstsq(rows, y, lat, ["local_call_s"])
+        c = replace(c, local_call_s=v["local_call_s"])
+        notes["local_call_s"] = n.get("local_call_s", f"fitted on {len(y)} local cells")
+
+    runs = {p.run.path: p.run for p in points if p.run}
+    gpus = {r.gpu for r in runs.values()}
+
+    def mean(vals):
+        vals = [v for v in vals if v]
+        return sum(vals) / len(vals) if vals else None
+    return replace(c, notes=notes, sources=tuple(sorted(runs)), gpu=gpus.pop() if len(gpus) == 1 else None,
+                   noop_rtt_s=mean(r.noop_rtt_s for r in runs.values()),
+                   pinned_h2d_Bps=mean(r.pinned_h2d_Bps for r in runs.values()),
+                   pinned_d2h_Bps=mean(r.pinned_d2h_Bps for r in runs.values()))
