@@ -253,6 +253,15 @@ def print_summary(summary: dict) -> None:
                 print(f"  {key:24} {'n/a (no GPU)' if v is None and 'gpu' in key else v}")
 
 
+def commit_info() -> dict:
+    """What ran, as pytest-benchmark records it for the suite: the commit and whether tracked files
+    differed from it (results/ takes only runs from a clean tree)."""
+    from harness.report.environment import changed_files
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    changed = changed_files(REPO)
+    return {"id": head.stdout.strip() or None, "dirty": None if changed is None else bool(changed)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, through the testbed's teardown and _stop's
@@ -262,8 +271,8 @@ def main(argv=None) -> int:
     suite = soak_suite(args, leftovers) if args.suite_runs > 0 else []
     info, sessions = soak_sessions(args, leftovers) if args.sessions > 0 else ({}, [])
     summary = summarize(suite, sessions)
-    result = {"args": vars(args), "seconds": round(time.monotonic() - t0, 1), "worker": info,
-              "summary": summary, "suite_runs": suite, "sessions": sessions}
+    result = {"commit_info": commit_info(), "args": vars(args), "seconds": round(time.monotonic() - t0, 1),
+              "worker": info, "summary": summary, "suite_runs": suite, "sessions": sessions}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print_summary(summary)
     print(f"wrote {args.out}")
