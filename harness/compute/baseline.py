@@ -42,19 +42,19 @@ def generate_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec()
     return (generate_s(model, prompt, steps + 1, engine) - generate_s(model, prompt, 1, engine)) / steps
 
 
-def loop_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec()) -> float:
-    backend = LocalBackend(model, engine)
-    run_phase(backend, prompt, "decode", steps)  # a graph is captured once per slot: not in the figure
+def loop_tpot_s(backend, prompt, steps: int) -> float:
     return run_phase(backend, prompt, "decode", steps).tpot_s
 
 
 def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
-    """Alternate the two so drift on a shared machine hits both alike."""
+    """Alternate the two so drift on a shared machine hits both alike. One local backend for every
+    repeat: its slot, and a captured graph, are made once, in the warm-up."""
     engine = resolved(engine, next(model.parameters()).device)
+    backend = LocalBackend(model, engine)
     loop, gen = [], []
-    loop_tpot_s(model, prompt, 2, engine), generate_tpot_s(model, prompt, 2, engine)  # warm both paths
+    loop_tpot_s(backend, prompt, 2), generate_tpot_s(model, prompt, 2, engine)  # warm both paths
     for _ in range(repeats):
-        loop.append(loop_tpot_s(model, prompt, steps, engine))
+        loop.append(loop_tpot_s(backend, prompt, steps))
         gen.append(generate_tpot_s(model, prompt, steps, engine))
     lm, gm = statistics.median(loop), statistics.median(gen)
     return {"tpot_loop_s": lm, "tpot_generate_s": gm, "loop_over_generate": lm / gm,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from harness.compute.models import cache_kwarg
+from harness.compute.models import forward_step
 from harness.errors import UsageError
 
 ENGINES = ("eager", "static", "graphs")
@@ -127,8 +127,7 @@ class Engine:
         return None if isinstance(start, _NoEvent) else start.elapsed_time(end) / 1e3
 
     def _eager(self, cache, ids):
-        kw = {cache_kwarg(type(self.model)): cache}
-        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw).logits[:, -1, :]
+        return forward_step(self.model, ids, cache)
 
     def _capture(self, slot: Slot, ids: torch.Tensor) -> None:
         """Warm the step up on a side stream (as torch.cuda.graph requires), rewind the cache to

@@ -31,14 +31,12 @@ class HostStaging:
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda"
-        self._pinned: dict[str, torch.Tensor] = {}
+        self._pinned: torch.Tensor | None = None
 
-    def _buffer(self, direction: str, nbytes: int) -> torch.Tensor:
-        buf = self._pinned.get(direction)
-        if buf is None or buf.numel() < nbytes:
-            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-            self._pinned[direction] = buf
-        return buf
+    def _buffer(self, nbytes: int) -> torch.Tensor:
+        if self._pinned is None or self._pinned.numel() < nbytes:
+            self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return self._pinned
 
     def to_device(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy 1-D host tensor src into 1-D device tensor dst (same dtype and size); asynchronous
@@ -47,7 +45,7 @@ class HostStaging:
         if not self.cuda or src.is_pinned():
             dst.copy_(src, non_blocking=self.cuda)
             return
-        stage = self._buffer("h2d", src.nbytes)[:src.nbytes].view(src.dtype)
+        stage = self._buffer(src.nbytes)[:src.nbytes].view(src.dtype)
         step = max(1, CHUNK_BYTES // src.element_size())
         for lo in range(0, src.numel(), step):
             hi = min(lo + step, src.numel())
@@ -59,7 +57,7 @@ class HostStaging:
     def reserve(self, nbytes: int) -> None:
         """Pin the buffer now (pinning gigabytes takes a while): not inside a timed load."""
         if self.cuda:
-            self._buffer("h2d", nbytes)
+            self._buffer(nbytes)
 
     def packed_to_device(self, p: Packed) -> Packed:
         dev = {dt: torch.empty(b.numel(), dtype=b.dtype, device=self.device) for dt, b in p.buffers.items()}

@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 
 from harness.testbed.link import Link
+from harness.testbed.rpc import DEFAULT_CHANNEL, LANES
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,13 @@ def _finish_client(proc: subprocess.Popen, addr: str, port: int, seconds: float)
     if proc.returncode != 0 or "sum_received" not in data.get("end", {}):
         raise RuntimeError(f"iperf3 to {addr}:{port} failed: {data.get('error') or err.strip()}")
     return data["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def iperf_for_channel(check: dict, channel: str) -> float | None:
+    """The link check's figure with as many TCP streams as the channel moves a tensor over."""
+    return check.get(f"iperf3_gbps_{LANES.get(channel, 1)}_stream")
+
+
+def run_channel(env: dict) -> str:
+    """The RPC channel a run used, from its machine_info.semantic_gap."""
+    return (env.get("rpc") or {}).get("channels", [DEFAULT_CHANNEL])[0]

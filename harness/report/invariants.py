@@ -14,6 +14,7 @@ from harness.report.units import human_bytes
 RPC_BOUND = 0.8             # below this share of iperf3 the RPC path, not the link, sets naive's pace
 ANALYSIS_SHARE_MAX = 0.05   # the capture's analysis, as a share of the round it describes
 PROBE_OVERHEAD_MAX = 1.02   # latency with the probe on over off (benchmarks/test_harness.py)
+RETRANSMISSION_NOTE = 0.01  # above this share of TCP payload, retransmissions explain closure misses
 
 
 def check_cell(info, others) -> list[str]:
@@ -48,7 +49,9 @@ def _closure_holds(info) -> list[str]:
 def _why(r: dict) -> str:
     d = r.get("dissection") or {}
     share = d.get("retransmission_share")
-    return "" if not share else f" ({share * 100:.2f}% of TCP payload was retransmitted)"
+    if not share or share <= RETRANSMISSION_NOTE:
+        return ""
+    return f" ({share * 100:.2f}% of TCP payload was retransmitted)"
 
 
 def _rpc_path_reaches_link(info) -> list[str]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.report.analysis import TIME_PARTS
-from harness.report.invariants import ANALYSIS_SHARE_MAX, PROBE_OVERHEAD_MAX, RPC_BOUND
+from harness.measure.iperf import iperf_for_channel, run_channel
+from harness.report.invariants import ANALYSIS_SHARE_MAX, PROBE_OVERHEAD_MAX, RETRANSMISSION_NOTE, RPC_BOUND
 from harness.report.payload_model import CLOSURE_TOLERANCE
 from harness.report.units import human_bytes
-from harness.testbed.rpc import DEFAULT_CHANNEL, LANES
 
 COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]
 
@@ -87,7 +87,8 @@ def check_rows(infos) -> list[dict]:
             "Analytic payload": human_bytes(s.analytic_bytes),
             "pcap bytes": human_bytes(s.pcap_bytes.mean),
             "Counter bytes": human_bytes(s.link_bytes.mean),
-            "Closure": f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)") + _retransmitted(s.dissection),
+            "Closure": (f"{verdicts}" + ("" if err is None else f" ({err * 100:+.2f}%)")
+                        + _retransmitted(s.dissection)),
             "dmon SM %": _num(dmon, lambda v: f"{v:.1f}") if dmon is not None or not s.util_dmon_note
                          else "n/a (< dmon period)",
             "NVML util %": _num(s.util_nvml_pct.mean, lambda v: f"{v:.1f}"),
@@ -96,9 +97,6 @@ def check_rows(infos) -> list[dict]:
             "TCP (last round, tshark)": _tcp(s.dissection),
         })
     return rows
-
-
-RETRANSMISSION_NOTE = 0.01  # above this share of TCP payload, retransmissions explain closure misses
 
 
 def _retransmitted(d: dict | None) -> str:
@@ -158,7 +156,8 @@ def gap_rows(infos) -> list[dict]:
         load_bytes = (load.get("link_tx_bytes") or 0) + (load.get("link_rx_bytes") or 0)
         rows.append({"Phase": phase,
                      "Bytes ÷, steady state": _ratio(b.summary.link_bytes.mean, a.summary.link_bytes.mean),
-                     "Bytes ÷, one session": _ratio(b.summary.link_bytes.mean, a.summary.link_bytes.mean + load_bytes),
+                     "Bytes ÷, one session": _ratio(b.summary.link_bytes.mean,
+                                                    a.summary.link_bytes.mean + load_bytes),
                      "Latency ÷, steady state": _ratio(b.summary.latency_s.mean, a.summary.latency_s.mean),
                      "Latency ÷, one session": _ratio(b.summary.latency_s.mean,
                                                       a.summary.latency_s.mean + load.get("latency_s", 0.0))})
@@ -169,15 +168,14 @@ def _ratio(num: float | None, den: float | None) -> str:
     return "n/a" if not num or not den else f"{num / den:,.1f}x"
 
 
-FLOOR_COLUMNS = ["Phase", "Mode", "Latency (s)", "Floor (s)", "Measured ÷ floor", "Dominant part",
-                 "wire", "host→device", "device→host", "compute", "round trips"]
+FLOOR_PARTS = ("wire", "host→device", "device→host", "compute", "round trips")
+FLOOR_COLUMNS = ["Phase", "Mode", "Latency (s)", "Floor (s)", "Measured ÷ floor", "Dominant part", *FLOOR_PARTS]
 
 
 def floor_rows(infos, controls: dict, env: dict) -> list[dict]:
     """Per cell, the least its round could take on this link, bus and GPU, from controls measured
     in the same run. A part whose control is missing is left out, and the row says so."""
-    lanes = LANES.get((env.get("rpc") or {}).get("channels", [DEFAULT_CHANNEL])[0], 1)
-    link_gbps = (env.get("link_check") or {}).get(f"iperf3_gbps_{lanes}_stream")
+    link_gbps = iperf_for_channel(env.get("link_check") or {}, run_channel(env))
     copy = env.get("copy_gbps") or {}
     rtt = (controls.get("rpc_noop") or {}).get("rtt_s")
     compute = {i.phase: i.summary.time.get("server_compute_s") for i in infos if not MODES[i.mode].remote}
@@ -204,7 +202,7 @@ def cell_floor(info, compute_s: float | None, link_gbps: float | None, copy: dic
     mode, s = MODES[info.mode], info.summary
     tx, rx = s.payload_tx_bytes.mean or 0, s.payload_rx_bytes.mean or 0
     calls = info.measured[0]["calls"] if info.measured else 0
-    parts = dict.fromkeys(FLOOR_COLUMNS[6:])
+    parts = dict.fromkeys(FLOOR_PARTS)
     parts["compute"] = compute_s
     if mode.remote:
         parts["wire"] = (tx + rx) * 8 / (link_gbps * 1e9) if link_gbps else None
@@ -221,8 +219,9 @@ def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
     the probe cost, is the baseline honest, does the payload model close, do the parts add up.
     A check with nothing to show in this run (no link, no controls run) has no row."""
     summaries = {i.name: i.summary for i in infos}
-    rows = [_link_row(link), _rpc_path_row(summaries), _probe_cost_row(controls.get("capture_overhead")),
-            _analysis_row(summaries), _baseline_row(controls.get("local_vs_generate")),
+    mode_of = {i.name: MODES[i.mode] for i in infos}
+    rows = [_link_row(link), _rpc_path_row(summaries, mode_of), _probe_cost_row(controls.get("capture_overhead")),
+            _analysis_row(summaries, mode_of), _baseline_row(controls.get("local_vs_generate")),
             _closure_row(summaries), _time_sum_row(summaries),
             _serialisation_row(summaries, controls.get("serialisation"))]
     return [{"Check": c, "Figure": f, "Target": t} for c, f, t in filter(None, rows)]
@@ -237,9 +236,8 @@ def _link_row(link):
             " / ".join(f"{v:.1f}" for v in iperf.values()), "-")
 
 
-def _rpc_path_row(summaries):
-    naive = {k.split("-")[0]: v.wire_vs_iperf.mean for k, v in summaries.items()
-             if MODES[k.split("-", 1)[1]].stateless}
+def _rpc_path_row(summaries, mode_of):
+    naive = {k.split("-")[0]: v.wire_vs_iperf.mean for k, v in summaries.items() if mode_of[k].stateless}
     figure = ", ".join(f"{phase} {v:.2f}" for phase, v in naive.items() if v is not None)
     return figure and ("naive RPC path ÷ iperf3 (as many streams as lanes)", figure, f">= {RPC_BOUND}")
 
@@ -252,8 +250,8 @@ def _probe_cost_row(cap):
     return "latency probe on ÷ off (naive prefill)", f"{cap['on_over_off']:.3f}{iqr}", f"<= {PROBE_OVERHEAD_MAX}"
 
 
-def _analysis_row(summaries):
-    shares = [(v.analysis_share.mean, k) for k, v in summaries.items() if MODES[k.split("-", 1)[1]].remote]
+def _analysis_row(summaries, mode_of):
+    shares = [(v.analysis_share.mean, k) for k, v in summaries.items() if mode_of[k].remote]
     worst = max((s for s in shares if s[0] is not None), default=None)
     return worst and ("capture analysis ÷ round (worst remote cell)", f"{worst[0] * 100:.1f}% ({worst[1]})",
                       f"<= {ANALYSIS_SHARE_MAX:.0%}")

@@ -103,9 +103,10 @@ def _dig(d: dict, path: tuple):
 def link_of(env: dict) -> Link:
     """The point's link from machine_info.semantic_gap: goodput = iperf3 with as many streams as the
     RPC channel has lanes (the most streams measured, where not that many)."""
-    from harness.testbed.rpc import DEFAULT_CHANNEL, LANES
+    from harness.measure.iperf import run_channel
+    from harness.testbed.rpc import LANES
     check = env.get("link_check") or {}
-    lanes = LANES.get((env.get("rpc") or {}).get("channels", [DEFAULT_CHANNEL])[0], 1)
+    lanes = LANES.get(run_channel(env), 1)
     iperf = {int(k.split("_")[2]): v for k, v in check.items()
              if re.fullmatch(r"iperf3_gbps_\d+_stream", k) and v}
     label = str(env.get("link") or "")
