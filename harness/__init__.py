@@ -5,6 +5,7 @@ compute/   what runs the model, on either host
     modes.py      the three modes: MODES table, LocalBackend / NaiveBackend / SysBackend
     worker.py     RemoteWorker, the GPU host's side (stateless and stateful)
     phase.py      run_phase: one measured prefill or decode on any backend
+    tokens.py     the greedy next token and step ids, the same function in every mode
     engine.py     how forwards run: eager, static cache, or one CUDA graph per decode step
     staging.py    weights in bulk through pinned memory into parameters that are one buffer
     packing.py    tensors packed one buffer per dtype for the wire; payload byte counting

@@ -30,9 +30,10 @@ def test_shape_kv_and_logits():
     # + 3 steps at s_prev 5, 6, 7: each 1 id (8) + weights (1000) + KV(s_prev) (480, 576, 672);
     #   back: logits (20) + KV(s_prev + 1) (576, 672, 768)
     ("naive", "decode", Payload(1040 + 3 * 1008 + 480 + 576 + 672, 500 + 3 * 20 + 576 + 672 + 768, 4)),
-    # ids and logits only: the weights went once, apart, and the KV cache stays on the GPU host
-    ("sys_simulated", "prefill", Payload(40, 20, 1)),
-    ("sys_simulated", "decode", Payload(40 + 3 * 8, 20 + 3 * 20, 4)),
+    # ids each way only: the weights went once, apart, the KV cache stays on the GPU host and the
+    # next token is taken there (8 bytes back a call)
+    ("sys_simulated", "prefill", Payload(40, 8, 1)),
+    ("sys_simulated", "decode", Payload(40 + 3 * 8, 8 + 3 * 8, 4)),
 ])
 def test_cell_payload_by_hand(mode, phase, expected):
     assert cell_payload(SHAPE, MODES[mode], phase, PROMPT, STEPS) == expected

@@ -1,5 +1,9 @@
-"""The three modes as client-side backends with one interface: prefill(ids) and step(token),
-each returning the last position's logits [1, vocab]; end() closes the session.
+"""The three modes as client-side backends with one interface: prefill(ids [batch, T]) and
+step(tokens), each returning the next token of every sequence (greedy: batch ints); end() closes
+the session. Where the argmax runs is part of each mode: local and sys_simulated take it beside the
+GPU (the semantics-aware system knows the application samples greedily, so logits never cross the
+link); naive gets the last position's logits back, as the plan's stateless worker does, and takes
+it on the client.
 
 - LocalBackend: the model runs in this process on its device; no network.
 - NaiveBackend: the stateless worker; each call ships state_dict + new ids + whole KV cache.
@@ -22,6 +26,7 @@ from harness.compute.calls import call
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.packing import Packed, pack, tensor_bytes
 from harness.compute.timers import Clock
+from harness.compute.tokens import TOKEN_BYTES, greedy, on_device
 
 @dataclass
 class Tally:
@@ -32,6 +37,7 @@ class Tally:
     payload_rx_bytes: int = 0
     calls: int = 0
     rpc_s: float = 0.0          # client wall time inside rpc_sync calls
+    client_s: float = 0.0       # the client's own work inside the backend (next token, its tensor)
     server_s: dict = field(default_factory=dict)
     stamps: list = field(default_factory=list)
 
@@ -65,17 +71,23 @@ class LocalBackend:
         self.slot = self.engine.new_slot()
         return self._forward(ids)
 
-    def step(self, tok):
-        return self._forward(tok)
+    def step(self, tokens: list[int]):
+        return self._forward(tokens)
 
     def _forward(self, ids):
-        """Timed like the worker's compute (and its CUDA-event span), so they compare across modes."""
+        """Timed like the worker's step (harness.compute.worker.RemoteWorker._step), so the parts
+        compare across modes: ids to the device, the forward (and its CUDA-event span), the next
+        tokens back to the host."""
         clock = Clock(self.device)
-        logits = self.engine.forward(self.slot, ids.to(self.device))
+        ids = on_device(ids, self.device)
+        clock.lap("h2d_s")
+        logits = self.engine.forward(self.slot, ids)
         clock.lap("compute_s")
         clock.add("gpu_span_s", self.engine.gpu_span_s())
+        tokens = greedy(logits)
+        clock.lap("d2h_s")
         self.tally.add(0, 0, clock.split)
-        return logits
+        return tokens
 
     def end(self):
         if self.slot is not None:
@@ -100,14 +112,19 @@ class NaiveBackend:
         t1 = time.time()
         self.kv = reply.kv_cache
         self.tally.add_call(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)), reply, t0, t1)
-        return reply.logits
+        tokens = greedy(reply.logits)
+        self.tally.client_s += time.time() - t1
+        return tokens
 
     def prefill(self, ids):
         self.kv = None
         return self._call(ids)
 
-    def step(self, tok):
-        return self._call(tok)
+    def step(self, tokens: list[int]):
+        t0 = time.perf_counter()
+        ids = on_device(tokens, "cpu")
+        self.tally.client_s += time.perf_counter() - t0
+        return self._call(ids)
 
     def end(self):
         self.kv = None
@@ -137,17 +154,18 @@ class SysBackend:
         self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(weights), reply.server_s)
 
     def prefill(self, ids):
-        reply = self._call("run_prefill_remote", ids)
+        reply = self._call("run_prefill_remote", ids, tensor_bytes(ids))
         self.cache_id = reply.kv_cache_id
-        return reply.logits
+        return reply.tokens
 
-    def step(self, tok):
-        return self._call("run_decode_step_remote", tok, self.cache_id).logits
+    def step(self, tokens: list[int]):
+        """tokens go as plain ints: a message without tensors skips TensorPipe's per-tensor work."""
+        return self._call("run_decode_step_remote", tokens, len(tokens) * TOKEN_BYTES, self.cache_id).tokens
 
-    def _call(self, method, ids, *rest):
+    def _call(self, method, ids, ids_bytes: int, *rest):
         t0 = time.time()
-        reply = call(self.worker, method, ids, *rest)
-        self.tally.add_call(tensor_bytes(ids), tensor_bytes(reply.logits), reply, t0, time.time())
+        reply = call(self.worker, method, ids, *rest, True)  # greedy: the next tokens come back
+        self.tally.add_call(ids_bytes, len(reply.tokens) * TOKEN_BYTES, reply, t0, time.time())
         return reply
 
     def end(self):
@@ -158,12 +176,6 @@ class SysBackend:
 
 def as_packed(state_dict: dict | Packed) -> Packed:
     return state_dict if isinstance(state_dict, Packed) else pack(state_dict)
-
-
-def greedy(logits: torch.Tensor) -> list[int]:
-    """The client's next token per sequence: argmax over the vocabulary, first index on ties (as
-    generate()). logits [batch, vocab] -> batch ints (one device sync)."""
-    return torch.argmax(logits, dim=-1).tolist()
 
 
 @dataclass(frozen=True)
@@ -181,5 +193,6 @@ MODES = {m.name: m for m in (
     Mode("local", False, False, "nothing: the model runs on the GPU host", LocalBackend),
     Mode("naive", True, True, "state_dict + new ids + whole KV cache; back: logits + whole KV cache",
          NaiveBackend),
-    Mode("sys_simulated", True, False, "new ids + a cache id (weights once, apart); back: logits", SysBackend),
+    Mode("sys_simulated", True, False, "new ids + a cache id (weights once, apart); back: the next token ids "
+         "(greedy beside the GPU)", SysBackend),
 )}

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from harness.compute.modes import greedy
 
 PHASES = ("prefill", "decode")
 
@@ -56,33 +55,30 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
     n_steps = steps if phase == "decode" else 0
     t = backend.tally
-    start = t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s, len(t.stamps)
-    # client_s: the client's own work between forwards (next token, its tensor, progress), timed
-    # apart so the time breakdown need not take it as "the rest"
+    start = t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s, len(t.stamps), t.client_s
+    # client_s: the client's own work between forwards (progress here, the next token and its
+    # tensor inside the backend), timed apart so the time breakdown need not take it as "the rest"
     t0 = time.perf_counter()
-    logits = backend.prefill(prompt)
+    tokens = [backend.prefill(prompt)]  # per step, one token per sequence
     mark = time.perf_counter()
-    tokens = [greedy(logits)]  # per step, one token per sequence; tolist() inside syncs the device
-    ttft = time.perf_counter() - t0
+    ttft = mark - t0
     step_times = []
     if on_step:
         on_step(0, n_steps)
     client_s = time.perf_counter() - mark
     for i in range(n_steps):
         ts = time.perf_counter()
-        tok = torch.tensor(tokens[-1]).unsqueeze(1)  # [batch, 1]
-        mark = time.perf_counter()
-        logits = backend.step(tok)
+        tokens.append(backend.step(tokens[-1]))
         back = time.perf_counter()
-        tokens.append(greedy(logits))
-        step_times.append(time.perf_counter() - ts)
+        step_times.append(back - ts)
         if on_step:
             on_step(i + 1, n_steps)
-        client_s += (mark - ts) + (time.perf_counter() - back)
+        client_s += time.perf_counter() - back
     latency = time.perf_counter() - t0
     if end_session:
         backend.end()  # after latency was taken: releasing a cache is session teardown
     server = {k: v - start[2].get(k, 0.0) for k, v in t.server_s.items()}
     return PhaseResult(backend.mode, phase, by_sequence(tokens), latency, ttft, step_times,
                        t.payload_tx_bytes - start[0], t.payload_rx_bytes - start[1],
-                       t.calls - start[3], t.rpc_s - start[4], server, t.stamps[start[5]:], client_s)
+                       t.calls - start[3], t.rpc_s - start[4], server, t.stamps[start[5]:],
+                       client_s + t.client_s - start[6])

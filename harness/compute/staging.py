@@ -5,7 +5,12 @@ server would: through page-locked host memory, in bulk, straight into the parame
   runs at the driver's staging speed (7.4 GB/s on the H100 host, 2.2 GB), from pinned memory at
   the link's (54.6 GB/s). TensorPipe hands us pageable tensors it allocated, so each is copied into
   the pinned buffer chunk by chunk while the DMA engine moves the chunk before: the CPU copy and
-  the bus transfer overlap.
+  the bus transfer overlap. Better still, the receive buffer itself becomes page-locked: under the
+  worker's malloc policy (harness.compute.hostmem: no mmap, the heap never trimmed) the next call's
+  tensors land at the addresses this call's did, so after a staged copy the received range is
+  registered with CUDA (cudaHostRegister) and from then on TensorPipe receives into pinned memory
+  and the copy is one DMA. Only under that policy: memory the C library could hand back to the
+  kernel must not stay registered.
 - FlatParams: the model's parameters and persistent buffers re-homed as views into one device
   buffer per dtype, laid out exactly as harness.compute.packing.pack lays out the client's
   state_dict. A received Packed then lands with one bulk copy per dtype, with no per-tensor
@@ -19,6 +24,7 @@ import torch
 
 from harness.compute.packing import Packed, pack, unpack
 
+PAGE = 4096
 CHUNK_BYTES = 64 << 20  # small enough for copy and DMA to overlap, large enough to run at full speed
 
 
@@ -28,10 +34,13 @@ class HostStaging:
     whole storage or clones it into pageable memory, and the replies (logits, a KV cache) are small
     beside the weights."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, pin_received: bool = False):
         self.device = device
         self.cuda = device.type == "cuda"
         self._pinned: torch.Tensor | None = None
+        self.pin_received = pin_received and self.cuda   # see the module's docstring
+        self.registered: dict[int, int] = {}             # page-aligned start -> bytes, registered
+        self.direct_bytes = self.staged_bytes = 0        # how copies went, for the worker's stats
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         if self._pinned is None or self._pinned.numel() < nbytes:
@@ -44,7 +53,14 @@ class HostStaging:
         assert src.shape == dst.shape and src.dtype == dst.dtype, (src.shape, dst.shape, src.dtype, dst.dtype)
         if not self.cuda or src.is_pinned():
             dst.copy_(src, non_blocking=self.cuda)
+            self.direct_bytes += src.nbytes
             return
+        self.staged_bytes += src.nbytes
+        self._staged(src, dst)
+        if self.pin_received:
+            self._register(src.data_ptr(), src.nbytes)
+
+    def _staged(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         stage = self._buffer(src.nbytes)[:src.nbytes].view(src.dtype)
         step = max(1, CHUNK_BYTES // src.element_size())
         for lo in range(0, src.numel(), step):
@@ -53,6 +69,20 @@ class HostStaging:
             dst[lo:hi].copy_(stage[lo:hi], non_blocking=True)   # DMA, while the CPU takes the next chunk
         # the next copy (another dtype's buffer, the next call) reuses the staging buffer from byte 0
         torch.cuda.current_stream(self.device).synchronize()
+
+    def _register(self, ptr: int, nbytes: int) -> None:
+        """Page-lock [ptr, ptr + nbytes) (whole pages), first unregistering ranges it overlaps: the
+        receive buffer moved. Registration fails only for lack of lockable memory: then stage."""
+        cudart = torch.cuda.cudart()
+        start, end = ptr & ~(PAGE - 1), -(-(ptr + nbytes) // PAGE) * PAGE
+        for lo, n in list(self.registered.items()):
+            if lo < end and start < lo + n:
+                cudart.cudaHostUnregister(lo)
+                del self.registered[lo]
+        if int(cudart.cudaHostRegister(start, end - start, 0)) == 0:
+            self.registered[start] = end - start
+        else:
+            self.pin_received = False
 
     def reserve(self, nbytes: int) -> None:
         """Pin the buffer now (pinning gigabytes takes a while): not inside a timed load."""

@@ -34,14 +34,17 @@ from harness.compute.nvml import make_sampler
 from harness.compute.packing import Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
+from harness.compute.tokens import greedy as greedy_tokens
+from harness.compute.tokens import on_device
 
 
 class Reply(NamedTuple):
-    logits: torch.Tensor                 # [1, vocab] on the CPU, model dtype
+    logits: torch.Tensor | None          # [batch, vocab] on the CPU, model dtype; None when tokens are sent
     kv_cache: Packed | list | None = None  # stateless: the whole new cache on the CPU (pack_kv); echo: a list
     kv_cache_id: str | None = None       # stateful only
     server_s: dict | None = None         # {"load_s","h2d_s","compute_s","gpu_span_s","d2h_s","dispatch_s"}
     stamps_s: tuple | None = None        # (entered, left): the server's time.time() around the method
+    tokens: list | None = None           # greedy=True: the next token per sequence (batch ints), taken here
 
 
 def _compute_thread(method):
@@ -77,7 +80,7 @@ class RemoteWorker:
         self.model = self._on_compute_thread(build_model, spec, self.device, with_weights=False)
         self.params = self._on_compute_thread(FlatParams, self.model)  # weights land here in bulk
         self.engine = self._on_compute_thread(Engine, self.model, engine)
-        self.staging = HostStaging(self.device)
+        self.staging = HostStaging(self.device, pin_received=hostmem.POLICY == "keep")
         self.staging.reserve(max(b.nbytes for b in self.params.store.buffers.values()))
         self.weights_loaded = False
         self.caches: dict[str, object] = {}
@@ -116,7 +119,8 @@ class RemoteWorker:
         return Reply(torch.empty(0), server_s=clock.split)
 
     @_compute_thread
-    def run_prefill_remote(self, token_ids) -> Reply:
+    def run_prefill_remote(self, token_ids, greedy: bool = False) -> Reply:
+        """token_ids [batch, T]. greedy: reply with the next token ids, not the logits."""
         self._require_weights()
         if len(self.caches) >= self.MAX_SESSIONS:
             raise RuntimeError(f"KV cache store full ({self.MAX_SESSIONS} sessions): call "
@@ -124,16 +128,21 @@ class RemoteWorker:
         kv_cache_id = uuid.uuid4().hex
         slot = self.engine.new_slot()
         clock = Clock(self.device)
-        logits = self._step(token_ids, slot, clock)
+        out = self._step(token_ids, slot, clock, greedy)
         self.caches[kv_cache_id] = slot
-        return Reply(logits, kv_cache_id=kv_cache_id, server_s=clock.split)
+        return self._reply(out, greedy, kv_cache_id=kv_cache_id, server_s=clock.split)
 
     @_compute_thread
-    def run_decode_step_remote(self, token_id, kv_cache_id: str) -> Reply:
+    def run_decode_step_remote(self, token_id, kv_cache_id: str, greedy: bool = False) -> Reply:
+        """token_id: [batch, 1], or the batch's tokens as plain ints (no tensor to ship)."""
         self._require_weights()
         clock = Clock(self.device)
-        logits = self._step(token_id, self._cache(kv_cache_id), clock)
-        return Reply(logits, kv_cache_id=kv_cache_id, server_s=clock.split)
+        out = self._step(token_id, self._cache(kv_cache_id), clock, greedy)
+        return self._reply(out, greedy, kv_cache_id=kv_cache_id, server_s=clock.split)
+
+    @staticmethod
+    def _reply(out, greedy: bool, **fields) -> Reply:
+        return Reply(None, tokens=out, **fields) if greedy else Reply(out, **fields)
 
     @_compute_thread
     def release_cache_remote(self, kv_cache_id: str) -> None:
@@ -179,22 +188,26 @@ class RemoteWorker:
         import psutil
         cuda = self.device.type == "cuda"
         return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
+                "h2d_direct_bytes": self.staging.direct_bytes, "h2d_staged_bytes": self.staging.staged_bytes,
+                "receive_pinned_bytes": sum(self.staging.registered.values()),
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,
                 "gpu_reserved_bytes": torch.cuda.memory_reserved(self.device) if cuda else None,
                 "device": str(self.device),
                 "gpu_name": torch.cuda.get_device_name(self.device) if cuda else None}
 
-    def _step(self, ids, slot, clock: Clock) -> torch.Tensor:
-        """One forward extending the slot's cache; charges h2d/compute/d2h to clock; logits on the CPU."""
-        ids = ids.to(self.device)
+    def _step(self, ids, slot, clock: Clock, greedy: bool = False) -> torch.Tensor | list[int]:
+        """One forward extending the slot's cache; charges h2d/compute/d2h to clock. Returns the
+        logits on the CPU, or with greedy the next token per sequence (the argmax taken here, as
+        the local loop takes it beside its GPU)."""
+        ids = on_device(ids, self.device)
         clock.lap("h2d_s")
         logits = self.engine.forward(slot, ids)
         clock.lap("compute_s")
         clock.add("gpu_span_s", self.engine.gpu_span_s())
-        logits = logits.cpu()
+        out = greedy_tokens(logits) if greedy else logits.cpu()
         clock.lap("d2h_s")
-        return logits
+        return out
 
     def _load(self, state_dict: dict | Packed) -> None:
         """The client's pack of the same model lands in bulk (FlatParams); anything else, such as

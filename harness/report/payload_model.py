@@ -3,11 +3,12 @@ alone, and the closure check of the wire against it.
 
 Payload (tensor bytes, per call):
   naive   client->GPU: W + ids + KV(s_prev)        GPU->client: logits + KV(s_prev + new)
-  sys     client->GPU: ids (weights W once, apart)  GPU->client: logits
+  sys     client->GPU: ids (weights W once, apart)  GPU->client: the next token ids (greedy on the GPU host)
   local   nothing
 W counts GPT-2's tied lm_head/wte once: torch RPC ships storages, and the wire agrees (measured:
 ~249.5 MB of a 326 MB fp16 state_dict). KV(s) = layers x 2 x kv_heads x s x head_dim x dtype bytes.
-logits = vocab x dtype bytes (last position only). ids = tokens x 8 (int64).
+logits = vocab x dtype bytes (last position only). ids = tokens x 8 (int64; sys's decode steps
+send and receive them as plain ints, counted so too).
 
 Wire = payload + protocol overhead, predicted as packets x 66 B (Ethernet 14 + IPv4 20 + TCP 32
 with timestamps) + messages x per-message RPC framing (pickled call, tensor descriptors,
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from harness.compute.tokens import TOKEN_BYTES
 
 HEADER_BYTES = 66
 CLOSURE_TOLERANCE = 0.02
@@ -77,8 +80,8 @@ def cell_payload(shape: Shape, mode, phase: str, prompt_len: int, steps: int, ba
     calls = [(0, prompt_len)] + ([(prompt_len + j, 1) for j in range(steps)] if phase == "decode" else [])
     tx = rx = 0
     for s_prev, new in calls:
-        tx += batch * new * 8
-        rx += batch * shape.logits
+        tx += batch * new * TOKEN_BYTES
+        rx += batch * (shape.logits if mode.stateless else TOKEN_BYTES)
         if mode.stateless:
             tx += shape.weights_bytes + batch * shape.kv(s_prev)
             rx += batch * shape.kv(s_prev + new)

@@ -12,7 +12,7 @@ BYTES_TARGET = 0.01     # ... and bytes within 1%
 # term -> (unit, meaning, where its number comes from)
 TERMS = {
     "call_s": ("s per call", "fixed cost of one remote forward call: an empty RPC's round trip plus "
-               "pickling, hand-over to the compute thread, the small copies of ids and logits, the "
+               "pickling, hand-over to the compute thread, the small copies of ids and logits (sys: tokens), the "
                "client's token choice and the wire latency of a small message",
                "fitted: remote cells' latency less their modelled compute, wire, load and reply terms"),
     "round_s": ("s per round", "a round's one-off remote cost beyond its calls (a session's first call: "
