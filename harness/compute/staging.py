@@ -47,9 +47,10 @@ class HostStaging:
             self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         return self._pinned
 
-    def to_device(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+    def to_device(self, src: torch.Tensor, dst: torch.Tensor, pin: bool = False) -> None:
         """Copy 1-D host tensor src into 1-D device tensor dst (same dtype and size); asynchronous
-        on CUDA: the caller's clock synchronises."""
+        on CUDA: the caller's clock synchronises. pin: src is a receive buffer worth page-locking
+        for the next call (the weights; a KV cache is small, and its buffer moves as it grows)."""
         assert src.shape == dst.shape and src.dtype == dst.dtype, (src.shape, dst.shape, src.dtype, dst.dtype)
         if not self.cuda or src.is_pinned():
             dst.copy_(src, non_blocking=self.cuda)
@@ -57,7 +58,7 @@ class HostStaging:
             return
         self.staged_bytes += src.nbytes
         self._staged(src, dst)
-        if self.pin_received:
+        if pin and self.pin_received:
             self._register(src.data_ptr(), src.nbytes)
 
     def _staged(self, src: torch.Tensor, dst: torch.Tensor) -> None:
@@ -71,18 +72,31 @@ class HostStaging:
         torch.cuda.current_stream(self.device).synchronize()
 
     def _register(self, ptr: int, nbytes: int) -> None:
-        """Page-lock [ptr, ptr + nbytes) (whole pages), first unregistering ranges it overlaps: the
-        receive buffer moved. Registration fails only for lack of lockable memory: then stage."""
+        """Page-lock [ptr, ptr + nbytes) (whole pages), first unregistering ranges it overlaps (the
+        receive buffer moved), once no copy from them can be in flight. A failed registration
+        (no lockable memory left) turns pinning off; CUDA keeps its error for the next launch
+        check, so it is consumed here rather than surfacing in an unrelated copy."""
         cudart = torch.cuda.cudart()
         start, end = ptr & ~(PAGE - 1), -(-(ptr + nbytes) // PAGE) * PAGE
+        torch.cuda.synchronize(self.device)
         for lo, n in list(self.registered.items()):
             if lo < end and start < lo + n:
-                cudart.cudaHostUnregister(lo)
+                self._ok(cudart.cudaHostUnregister(lo))
                 del self.registered[lo]
-        if int(cudart.cudaHostRegister(start, end - start, 0)) == 0:
+        if self._ok(cudart.cudaHostRegister(start, end - start, 0)):
             self.registered[start] = end - start
         else:
             self.pin_received = False
+
+    def _ok(self, err) -> bool:
+        if int(err) == 0:
+            return True
+        try:
+            torch.empty(1, device=self.device).zero_()  # a launch check: it reads and clears the error
+            torch.cuda.synchronize(self.device)
+        except RuntimeError:
+            pass
+        return False
 
     def reserve(self, nbytes: int) -> None:
         """Pin the buffer now (pinning gigabytes takes a while): not inside a timed load."""
@@ -134,4 +148,4 @@ class FlatParams:
 
     def load(self, p: Packed, staging: HostStaging) -> None:
         for dt, buf in p.buffers.items():
-            staging.to_device(buf, self.store.buffers[dt])
+            staging.to_device(buf, self.store.buffers[dt], pin=True)

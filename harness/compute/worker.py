@@ -6,11 +6,14 @@
 - stateful (the semantics-aware system): weights loaded once; the KV cache stays here under an
   id; a decode step brings one token and the id.
 
-All model work runs on one dedicated thread. RPC serves each request on whichever thread of its
-pool is free, and per-thread state in the CUDA libraries follows the thread: on the H100, cuDNN's
+All model work runs on one thread. RPC serves each request on whichever thread of its pool is
+free, and per-thread state in the CUDA libraries follows the thread: on the H100, cuDNN's
 attention builds an execution graph per (thread, sequence length), so a decode step spread over
 8 pool threads ran 72 ms instead of 10 ms (scripts/diagnose_threads.py); one thread, warmed once
-like the local loop, runs as fast as the local loop.
+like the local loop, runs as fast as the local loop. Where the RPC agent serves on one thread
+(rpc_server.py's, harness.testbed.rpc.SERVER_THREADS) that thread is the one: methods run where the
+request arrives. Otherwise (more serving threads, or no RPC at all, as in the tests) they are
+handed to a dedicated thread and back.
 
 Every reply carries `server_s`, the server's own time split (load, host->device, compute,
 device->host), synchronised on CUDA, and `stamps_s`, the server's wall clock when the method was
@@ -34,6 +37,7 @@ from harness.compute.nvml import make_sampler
 from harness.compute.packing import Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
+from harness.testbed import rpc
 from harness.compute.tokens import greedy as greedy_tokens
 from harness.compute.tokens import on_device
 
@@ -76,7 +80,8 @@ class RemoteWorker:
         self.device = torch.device(device or default_device())
         self.spec = spec
         # one thread for all model work: it also serialises requests, so no lock is needed
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
+        self._compute = (None if rpc.serving_threads() == 1
+                         else ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker"))
         self.model = self._on_compute_thread(build_model, spec, self.device, with_weights=False)
         self.params = self._on_compute_thread(FlatParams, self.model)  # weights land here in bulk
         self.engine = self._on_compute_thread(Engine, self.model, engine)
@@ -87,6 +92,8 @@ class RemoteWorker:
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
     def _on_compute_thread(self, fn, *args, **kwargs):
+        if self._compute is None:  # the RPC agent's one serving thread is the compute thread
+            return fn(*args, **kwargs)
         return self._compute.submit(fn, *args, **kwargs).result()
 
     # -- stateless: the naive system ------------------------------------------------------
