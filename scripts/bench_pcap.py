@@ -1,6 +1,6 @@
 """How fast harness/measure/pcap.py reads a round's capture: the old pure-Python walk
 (_read_pcap_scalar, the reference) against read_pcap, on a synthetic pcap shaped like
-`tcpdump -s 128` on the testbed's veth: 64 KB GSO TCP segments one way, ACKs the other.
+`tcpdump -s 66` (the headers, as the probe captures) on the testbed's veth: 64 KB GSO TCP segments one way, ACKs the other.
     python scripts/bench_pcap.py [--packets 360000] [--repeat 9]"""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.measure.pcap import _read_pcap_scalar, read_pcap  # noqa: E402
 
 CLIENT, GPU = "10.0.0.1", "10.0.0.2"
-SNAPLEN = 128
+SNAPLEN = 66  # harness.measure.tcpdump.header_snaplen for IPv4: every record this long
 SEGMENT_PAYLOAD = 45 * 1448  # a full 64 KB GSO segment: 45 MSS of 1448 bytes
 
 

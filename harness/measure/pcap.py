@@ -253,22 +253,50 @@ def _map_file(path: Path) -> bytes | mmap.mmap:
 
 
 def _record_offsets(buf: bytes, endian: str) -> np.ndarray:
-    """Byte offsets of the complete records' 16-byte headers, in file order."""
-    # the only per-record Python loop of read_pcap, so it does nothing but chase the offsets
-    # (~0.15 us a record; try/except instead of a bounds test per record saves a third)
+    """Byte offsets of the complete records' 16-byte headers, in file order.
+
+    Records are chased one by one (each header gives the next record's place), but where a run of
+    records has one size, as a capture cut at the headers' length has nearly throughout
+    (harness.measure.tcpdump.header_snaplen), the run's offsets are guessed at that stride and
+    checked at once with numpy; only a record that breaks the run is chased in Python."""
     incl_len = struct.Struct(endian + "8xI").unpack_from
-    offsets = []
-    append = offsets.append
-    off = 24
-    try:
-        while True:
-            append(off)
-            off += incl_len(buf, off)[0] + 16
-    except struct.error:  # the record at `off` has no incl_len field: it is cut or past the end
-        offsets.pop()
-    if off > len(buf) and offsets:
-        offsets.pop()  # truncated final record (tcpdump killed mid-write): count it in nothing
-    return np.fromiter(offsets, np.int64, len(offsets))
+    runs, off, n, guess = [], 24, len(buf), _MIN_RUN * 16
+    while off + 16 <= n:
+        stride = incl_len(buf, off)[0] + 16
+        count = min(guess, (n - off) // stride)  # whole records of this size that would fit
+        k = 0
+        if count >= _MIN_RUN:
+            lens = np.ndarray((count,), endian + "u4", buffer=buf, offset=off + 8, strides=(stride,))
+            broken = np.flatnonzero(lens != stride - 16)
+            k = int(broken[0]) if len(broken) else count
+        if k >= _MIN_RUN:
+            runs.append(off + stride * np.arange(k, dtype=np.int64))
+            off += stride * k
+            guess = min(guess * 4, 1 << 22) if k == count else guess  # a long run: guess further
+        else:  # sizes vary here: chase a stretch one by one before guessing again
+            off = _chase(buf, off, incl_len, _MIN_RUN * 4, runs)
+            guess = _MIN_RUN * 16
+    return np.concatenate(runs) if runs else np.empty(0, np.int64)
+
+
+_MIN_RUN = 64  # a guessed run shorter than this costs more in numpy than chasing it
+
+
+def _chase(buf: bytes, off: int, incl_len, records: int, runs: list) -> int:
+    """Append the offsets of up to `records` complete records from off; returns the next offset
+    (past the end of buf once a record is cut: tcpdump killed mid-write)."""
+    n, found = len(buf), []
+    for _ in range(records):
+        if off + 16 > n:
+            break
+        end = off + 16 + incl_len(buf, off)[0]
+        if end > n:
+            off = n + 1  # the cut final record counts in nothing, and ends the walk
+            break
+        found.append(off)
+        off = end
+    runs.append(np.array(found, np.int64))
+    return off
 
 
 def _window_dtype(endian: str, linktype: int) -> np.dtype:

@@ -15,7 +15,7 @@ from harness.compute.calls import call
 from harness.measure.clocks import clock_offset
 from harness.measure.dmon import DmonMonitor, parse_dmon
 from harness.measure.pcap import read_pcap
-from harness.measure.tcpdump import Capture
+from harness.measure.tcpdump import Capture, header_snaplen
 from harness.testbed.link import Link, stats
 
 
@@ -98,7 +98,8 @@ class RoundProbe:
             ssh = self.link.host.ssh
             if ssh:  # dmon's lines and the worker's ssh session are not the experiment's traffic
                 bpf += f" and not port {ssh.port or 22}"
-            self._cap = Capture(self.link.client_iface, self.workdir / "round.pcap", bpf_filter=bpf)
+            self._cap = Capture(self.link.client_iface, self.workdir / "round.pcap", bpf_filter=bpf,
+                                snaplen=header_snaplen(self.link.gpu_addr))
             self._cap.start()
         if self.dmon_on:
             self._dmon = DmonMonitor(self.workdir / "dmon.log", prefix=self.link.gpu_prefix).start()
