@@ -30,8 +30,32 @@ the carried Debian packages, then runs the command shown).
 
 
 def runs(root: Path) -> list[Path]:
-    """Each run's JSON, in a stable order; the pytest-benchmark baseline store is not a run."""
-    return sorted(p for p in root.glob("*/*/*.json") if p.parent.parent.name != "benchmarks")
+    """Each run's JSON, in a stable order; the pytest-benchmark baseline store is not a run, nor a
+    sweep's folder (sweeps() lists those)."""
+    return sorted(p for p in root.glob("*/*/*.json")
+                  if p.parent.parent.name != "benchmarks" and not (p.parent / SWEEP_INDEX).exists())
+
+
+SWEEP_INDEX = "sweep.json"  # harness.sweep's record of its invocations and points
+
+
+def sweeps(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob(f"*/*/{SWEEP_INDEX}"))
+
+
+def describe_sweep(folder: Path, root: Path) -> str:
+    """A sweep in a few lines: its command, and per point the commit it ran; the tables, the cost
+    model's errors and the plots are in the folder's own README (harness.report.sweepreport)."""
+    index = json.loads((folder / SWEEP_INDEX).read_text())
+    points = sorted(folder.glob("*.json"))
+    points = [p for p in points if p.name != SWEEP_INDEX and not p.name.startswith(".")]
+    commits = sorted({json.loads(p.read_text())["commit_info"]["id"][:12] for p in points})
+    last = index["invocations"][-1]
+    return "\n".join([
+        f"## `{folder.relative_to(root.parent)}` (a sweep)", "",
+        f"- command: `{' '.join(last['command'])}`",
+        f"- {len(points)} points measured, commit {', '.join(commits) or 'none'}; its README.md has each "
+        "point's cells, the cost model's held-out errors and the plots", ""])
 
 
 def describe(path: Path, root: Path) -> str:
@@ -73,7 +97,8 @@ def _outcome(log: Path) -> list[str]:
 
 
 def catalog(root: Path) -> str:
-    return "\n".join([HEADER, *(describe(p, root) for p in runs(root))])
+    return "\n".join([HEADER, *(describe(p, root) for p in runs(root)),
+                      *(describe_sweep(f, root) for f in sweeps(root))])
 
 
 def main(argv=None) -> int:

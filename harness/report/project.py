@@ -2,7 +2,7 @@
 Llama-3-8B and Llama-3-70B shapes in fp16 on a GPU host with an A100 80GB SXM and a 25 GbE NIC,
 from the cost model (harness.report.costmodel) fitted on calibration runs of this suite.
 
-    python -m harness.report.project --calibration results/h100/llama-1b-100gbit/llama-1b.json \\
+    python -m harness.report.project --calibration results/h200/llama-1b-100gbit/llama-1b.json \\
         [--calibration ...] --out results/projected/
 
 The first --calibration gives every per-call cost, rate and the compute overhead; each further one

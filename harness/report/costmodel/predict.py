@@ -34,6 +34,9 @@ GPUS = {g.name: g for g in (
     Gpu("NVIDIA H100 80GB HBM3", 3.35e12, 989.4e12, pcie_Bps(5), 80 * 2**30,
         "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: HBM3 3.35 TB/s, FP16 tensor 1,979 TFLOPS with "
         "sparsity (989.4 dense), PCIe Gen5 x16 (128 GB/s both ways), 80 GB"),
+    Gpu("NVIDIA H200", 4.8e12, 989.4e12, pcie_Bps(5), 141 * 10**9,
+        "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM: HBM3e 4.8 TB/s, FP16 tensor 1,979 TFLOPS with "
+        "sparsity (989.4 dense), PCIe Gen5 x16 (128 GB/s both ways), 141 GB"),
     Gpu("NVIDIA A100-SXM4-80GB", 2.039e12, 312e12, pcie_Bps(4), 80 * 2**30,
         "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM: HBM2e 2,039 GB/s (~2.0 TB/s), FP16 tensor "
         "312 TFLOPS dense, PCIe Gen4 x16 (64 GB/s both ways, ~32 GB/s each), 80 GB"),
