@@ -97,8 +97,9 @@ class Cell:
         back under dmon until the window holds that many: every cell gets a dmon figure on a GPU."""
         if min(r.probe.dmon_samples for r in self.measured) >= samples:
             return
+        # + 2.5 s: the window's first and last dmon samples straddle its edges and are left out
         self.window = self.probe.window(
-            lambda: run_phase(self.backend, self.prompt, self.cfg.phase, self.cfg.steps), samples + 0.5)
+            lambda: run_phase(self.backend, self.prompt, self.cfg.phase, self.cfg.steps), samples + 2.5)
 
     def dissect(self) -> None:
         """Wireshark's TCP analysis of the last measured round's capture (harness.measure.dissect:

@@ -465,7 +465,8 @@ def test_sigterm_to_suite_leaves_nothing(during, sender, tmp_path, taking_turns)
     pytest's pid, or as timeout(1) sends it: to the pid and then to its process group, which also
     reaches tcpdump and the iperf3 clients directly (the worker and the iperf3 servers run in
     sessions of their own)."""
-    suite = Suite([*SUITE, "--basetemp", str(tmp_path / "base")])  # its pcaps: in our tmp_path
+    out = tmp_path / "out.json"  # an interrupted run writes no result, and says so in one line
+    suite = Suite([*SUITE, "--basetemp", str(tmp_path / "base"), f"--benchmark-json={out}"])  # pcaps: ours
     pids = [suite.proc.pid]
     try:
         suite.wait_for(during)
@@ -474,6 +475,8 @@ def test_sigterm_to_suite_leaves_nothing(during, sender, tmp_path, taking_turns)
         if sender == "timeout(1)":
             os.killpg(suite.proc.pid, signal.SIGTERM)
         assert_stopped_as_on_ctrl_c(suite, pids, t)
+        assert not out.exists(), "an interrupted run wrote its benchmark JSON"
+        assert "Traceback" not in suite.err and "no benchmark JSON written" in suite.err, suite.err[-2000:]
     finally:
         suite.teardown(pids)
 

@@ -254,3 +254,21 @@ def test_loader_reads_a_sweep_folder(tmp_path):
     assert {p.link.nominal_gbps for p in points} == {100.0} and {p.prompt_len for p in points} == {128}
     with pytest.raises(ValueError):
         cm.load_all([tmp_path / "sweep.json"])   # named on its own, a file that is no run is an error
+
+
+def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
+    """python -m harness.report.sweepreport on a committed sweep: the README fits on the grid's
+    corners and gives each held-out point's errors, and the four plots are written."""
+    import shutil
+
+    from harness.report import sweepreport
+    src = next(REPO.glob("results/*/sweep-*"), None)
+    assert src is not None, "no committed sweep under results/"
+    folder = tmp_path / src.name
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.png", "README.md"))
+    written = sweepreport.write(folder)
+    assert {f.name for f in written} == {"README.md", "latency_vs_link.png", "bytes_per_token_vs_context.png",
+                                         "time_breakdown.png", "utilization.png"}
+    text = (folder / "README.md").read_text()
+    assert "Worst held-out error: latency" in text and "| yes |" in text and "| no (fitted on) |" in text
+    assert sweepreport.main([str(tmp_path / "empty")]) == 2  # no points: one line, not a traceback

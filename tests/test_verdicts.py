@@ -231,3 +231,19 @@ def test_a_batch_scales_ids_logits_and_cache_but_not_weights():
     sys_one = cell_payload(SHAPE, MODES["sys_simulated"], "decode", PROMPT, STEPS)
     sys_two = cell_payload(SHAPE, MODES["sys_simulated"], "decode", PROMPT, STEPS, batch=2)
     assert (sys_two.tx_bytes, sys_two.rx_bytes) == (2 * sys_one.tx_bytes, 2 * sys_one.rx_bytes)
+
+
+def test_tpot_row_sets_sys_beyond_local_against_one_round_trip():
+    """The harness table's TPOT row: sys_simulated's time per output token less local's, beside
+    the empty RPC's round trip (back to back and after idle) + 0.5 ms."""
+    from harness.report.tables import harness_rows
+
+    def with_tpot(mode, tpot_s):
+        rounds = [round_record(mode, "decode") | {"tpot_s": tpot_s} for _ in range(3)]
+        return cell(mode, rounds=rounds)
+    infos = [with_tpot("local", 0.003), with_tpot("naive", 0.2), with_tpot("sys_simulated", 0.0045)]
+    noop = {"rtt_s": 0.0007, "rtt_after_idle_s": 0.0012, "idle_s": 0.005}
+    (row,) = [r for r in harness_rows(infos, {"rpc_noop": noop}, {}) if "TPOT" in r["Check"]]
+    assert row["Figure"] == "1.500 ms (round trip 0.700 ms back to back; after 5 ms idle 1.200 ms)"
+    assert row["Target"] == "<= round trip + 0.5 ms = 1.200 ms"
+    assert not [r for r in harness_rows(infos, {}, {}) if "TPOT" in r["Check"]], "no control, no row"
