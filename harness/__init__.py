@@ -35,6 +35,7 @@ report/    what the numbers mean and how they are shown
     costmodel/    each cell's latency and bytes from a few fitted components; held-out evaluation
                   (terms, points, predict, fit, evaluate)
     project.py    the plan's A100 + 25 GbE testbed, projected (python -m harness.report.project)
+    cli.py        the writers' command-line end
     sweepreport.py  a sweep's README: cells, the cost model's held-out errors, plots
 cell.py    one mode x phase cell as pytest-benchmark drives it
 sweep.py   `python -m harness.sweep`: one suite run per point of a grid, resumable

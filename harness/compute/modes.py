@@ -20,13 +20,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from harness.compute.calls import call
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.packing import Packed, pack, tensor_bytes
 from harness.compute.timers import Clock
 from harness.compute.tokens import TOKEN_BYTES, greedy, on_device
+
 
 @dataclass
 class Tally:

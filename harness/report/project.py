@@ -22,6 +22,7 @@ import torch
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.report import costmodel as cm
+from harness.report.cli import report_written
 from harness.report.payload_model import HEADER_BYTES, Shape, shape_of
 from harness.report.tables import markdown_table
 from harness.report.units import human_bytes
@@ -358,13 +359,7 @@ def main(argv=None) -> int:
                     help="a pytest-benchmark JSON of this suite on a GPU (repeatable; the first is primary)")
     ap.add_argument("--out", type=Path, default=Path("results/projected"), help="folder for the tables")
     args = ap.parse_args(argv)
-    try:
-        for path in write(args.calibration, args.out):
-            print(f"wrote {path}")
-    except (OSError, ValueError, KeyError) as e:
-        print(f"project: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return report_written("project", lambda: write(args.calibration, args.out))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from harness.compute.modes import MODES
 from harness.report import costmodel as cm
 from harness.report.analysis import TIME_PARTS
 from harness.report.catalog import SWEEP_INDEX
+from harness.report.cli import report_written
 from harness.report.summary import load_infos
 from harness.report.tables import markdown_table
 from harness.report.units import human_bytes
@@ -179,13 +180,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.report.sweepreport", description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="the sweep's --out folder")
     args = p.parse_args(argv)
-    try:
-        for f in write(args.folder):
-            print(f"wrote {f}")
-    except (OSError, ValueError, KeyError) as e:
-        print(f"sweepreport: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return report_written("sweepreport", lambda: write(args.folder))
 
 
 if __name__ == "__main__":
