@@ -25,6 +25,7 @@ import torch
 from harness.compute.packing import Packed, pack, unpack
 
 PAGE = 4096
+MAX_REGISTERED = 2  # receive buffers kept page-locked: one per place the weights have landed lately
 CHUNK_BYTES = 64 << 20  # small enough for copy and DMA to overlap, large enough to run at full speed
 
 
@@ -73,14 +74,16 @@ class HostStaging:
 
     def _register(self, ptr: int, nbytes: int) -> None:
         """Page-lock [ptr, ptr + nbytes) (whole pages), first unregistering ranges it overlaps (the
-        receive buffer moved), once no copy from them can be in flight. A failed registration
+        receive buffer moved) and the oldest beyond MAX_REGISTERED, once no copy from them can be
+        in flight (the 8B's weights pin 16 GB a range). A failed registration
         (no lockable memory left) turns pinning off; CUDA keeps its error for the next launch
         check, so it is consumed here rather than surfacing in an unrelated copy."""
         cudart = torch.cuda.cudart()
         start, end = ptr & ~(PAGE - 1), -(-(ptr + nbytes) // PAGE) * PAGE
         torch.cuda.synchronize(self.device)
         for lo, n in list(self.registered.items()):
-            if lo < end and start < lo + n:
+            overlaps = lo < end and start < lo + n
+            if overlaps or len(self.registered) >= MAX_REGISTERED:  # oldest first: dicts keep order
                 self._ok(cudart.cudaHostUnregister(lo))
                 del self.registered[lo]
         if self._ok(cudart.cudaHostRegister(start, end - start, 0)):

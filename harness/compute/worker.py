@@ -37,9 +37,9 @@ from harness.compute.nvml import make_sampler
 from harness.compute.packing import Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
-from harness.testbed import rpc
 from harness.compute.tokens import greedy as greedy_tokens
 from harness.compute.tokens import on_device
+from harness.testbed import rpc
 
 
 class Reply(NamedTuple):
