@@ -8,12 +8,13 @@
   error on every other point, held out, per point and cell;
 - plots, PNG beside the README: latency against link rate per mode (log-log; measured points, the
   model's line through the grid), bytes per output token against context length, the measured time
-  breakdown of each cell at each point (stacked), and dmon's SM% per mode.
+  breakdown of each cell at each point (stacked), and dmon's SM% per mode (GPU sweeps).
 Every figure comes from the JSON: the README is regenerated, never edited.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -34,17 +35,23 @@ def point_files(folder: Path) -> list[Path]:
 
 
 def _rate(p: cm.Point) -> float:
-    """A point's link rate for ordering and plotting: unshaped is the fastest, at iperf3's rate."""
+    """A point's link rate for plotting: unshaped at the rate its iperf3 measured."""
     return p.link.nominal_gbps or p.link.goodput_Bps * 8 / 1e9
+
+
+def _grid_rate(p: cm.Point) -> float:
+    """A point's link rate as the grid names it: unshaped is the fastest (each unshaped point
+    measures its own iperf3, so their measured rates differ)."""
+    return p.link.nominal_gbps or math.inf
 
 
 def corners(points: list[cm.Point]) -> list[cm.Point]:
     """The points at the grid's extremes: lowest and highest link rate x shortest and longest
     prompt (all four where they differ), every cell of them."""
-    rates = sorted({_rate(p) for p in points})
+    rates = sorted({_grid_rate(p) for p in points})
     prompts = sorted({p.prompt_len for p in points})
     keep = {(r, n) for r in (rates[0], rates[-1]) for n in (prompts[0], prompts[-1])}
-    return [p for p in points if (_rate(p), p.prompt_len) in keep]
+    return [p for p in points if (_grid_rate(p), p.prompt_len) in keep]
 
 
 def cell_rows(points: list[cm.Point]) -> list[dict]:
@@ -73,7 +80,7 @@ def write(folder: Path) -> list[Path]:
     files = point_files(folder)
     if not files:
         raise ValueError(f"{folder}: no point JSON: run python -m harness.sweep --out {folder} first")
-    points = sorted(cm.load_all(files), key=lambda p: (p.phase, p.mode, p.prompt_len, _rate(p)))
+    points = sorted(cm.load_all(files), key=lambda p: (p.phase, p.mode, p.prompt_len, _grid_rate(p)))
     fit_on = corners(points)
     ev = cm.evaluate(points, fit_on, points)
     pngs = plot(folder, points, ev, files)
@@ -83,8 +90,8 @@ def write(folder: Path) -> list[Path]:
              f"JSON files here; do not edit by hand. The sweep's command and each point's status: `{SWEEP_INDEX}`.",
              "", "## Cells, measured", "", md_table(cell_rows(points)), "",
              "## The cost model on this sweep", "",
-             f"Fitted on the grid's corners ({len({(_rate(p), p.prompt_len) for p in fit_on})} of "
-             f"{len({(_rate(p), p.prompt_len) for p in points})} points: lowest and highest link rate at the "
+             f"Fitted on the grid's corners ({len({(_grid_rate(p), p.prompt_len) for p in fit_on})} of "
+             f"{len({(_grid_rate(p), p.prompt_len) for p in points})} points: lowest and highest link rate at the "
              "shortest and longest prompt), predicting every point; held out = not fitted on. Targets: "
              "latency within 10%, bytes within 1%.", "",
              f"Worst held-out error: latency {_pct(lat, 1)}, bytes {_pct(byt, 3)}.", "",
@@ -131,12 +138,12 @@ def plot(folder: Path, points: list[cm.Point], ev: cm.Evaluation, files: list[Pa
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for mode in (m for m in MODES if MODES[m].remote):
-        for r in sorted({_rate(p) for p in points}):
-            sel = sorted((p for p in points if p.phase == "decode" and p.mode == mode and _rate(p) == r),
+        for r in sorted({_grid_rate(p) for p in points}):
+            sel = sorted((p for p in points if p.phase == "decode" and p.mode == mode and _grid_rate(p) == r),
                          key=lambda p: p.prompt_len)
             if sel:
                 ax.plot([p.prompt_len for p in sel], [p.measured.bytes / (p.steps + 1) for p in sel], "o-",
-                        label=f"{mode} {r:g} Gbit/s")
+                        label=f"{mode} {'unshaped' if math.isinf(r) else f'{r:g} Gbit/s'}")
     ax.set(yscale="log", xlabel="prompt length (tokens)", ylabel="link bytes per output token",
            title="decode: bytes per output token")
     ax.legend(fontsize=6)
@@ -156,15 +163,16 @@ def plot(folder: Path, points: list[cm.Point], ev: cm.Evaluation, files: list[Pa
     ax.legend(fontsize=5, ncol=2)
     out.append(_save(fig, folder / "time_breakdown.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for k, mode in enumerate(MODES):
-        sm = [(i.summary.sm_pct[0]) for i in infos if i.mode == mode]
-        sm = [v for v in sm if v is not None]
-        if sm:
-            ax.bar(k, sum(sm) / len(sm), label=f"{mode} ({len(sm)} cells)")
-    ax.set(ylabel="dmon SM % (mean over cells)", title="GPU utilization per mode")
-    ax.legend(fontsize=7)
-    out.append(_save(fig, folder / "utilization.png"))
+    sm = {mode: [v for v in (i.summary.sm_pct[0] for i in infos if i.mode == mode) if v is not None]
+          for mode in MODES}
+    if any(sm.values()):  # no GPU (a CPU sweep): no utilization to draw
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for k, (mode, values) in enumerate(sm.items()):
+            if values:
+                ax.bar(k, sum(values) / len(values), label=f"{mode} ({len(values)} cells)")
+        ax.set(ylabel="dmon SM % (mean over cells)", title="GPU utilization per mode")
+        ax.legend(fontsize=7)
+        out.append(_save(fig, folder / "utilization.png"))
     return out
 
 
