@@ -294,7 +294,24 @@ def record_invocation(out: Path, args, started: float, log: list[dict]) -> None:
     history["invocations"].append({"command": ["python", "-m", "harness.sweep", *args.argv],
                                    "finished": now(), "wall_s": round(time.monotonic() - started, 1),
                                    "points": log})
+    history["commit_info"] = points_commit(out)
     write_json(path, history)
+
+
+def points_commit(out: Path) -> dict:
+    """The commit the folder's measured points ran at, from their own JSON (pytest-benchmark's
+    commit_info): one commit, clean, or dirty=None where they differ or none is there yet."""
+    infos = []
+    for f in sorted(out.glob("*.json")):
+        if f.name != "sweep.json" and not f.name.startswith("."):
+            try:
+                infos.append(json.loads(f.read_text())["commit_info"])
+            except (OSError, ValueError, KeyError):
+                continue
+    ids = {i.get("id") for i in infos}
+    if len(ids) == 1 and all(i.get("dirty") is False for i in infos):
+        return {"id": ids.pop(), "dirty": False, "from": f"the {len(infos)} points' JSON"}
+    return {"id": None, "dirty": None, "from": f"the {len(infos)} points' JSON: {len(ids)} commits, or a dirty one"}
 
 
 def summarize(log: list[dict], wall_s: float) -> int:

@@ -76,8 +76,12 @@ def test_sweep_measures_records_failure_and_goes_on(swept):
     failed = json.loads((out / f"{BAD}.failure.json").read_text())
     assert failed["rc"] == 4 and "exceeds tiny's context of 512" in failed["reason"], failed
     assert not (out / f"{BAD}.json").exists() and not list(out.glob(".*partial*"))
-    assert [e["status"] for e in json.loads((out / "sweep.json").read_text())["invocations"][0]["points"]] == [
-        "measured", "failed"]
+    index = json.loads((out / "sweep.json").read_text())
+    assert [e["status"] for e in index["invocations"][0]["points"]] == ["measured", "failed"]
+    # the index states the commit its points ran at, from their JSON (none where a point's tree was dirty)
+    point = data["commit_info"]
+    clean = point.get("dirty") is False
+    assert (index["commit_info"]["id"], index["commit_info"]["dirty"]) == ((point["id"], False) if clean else (None, None))
 
 
 def test_resume_runs_no_pytest(swept, monkeypatch, capsys):
