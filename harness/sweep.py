@@ -35,6 +35,7 @@ from pathlib import Path
 from harness.testbed.link import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
+INDEX = "sweep.json"  # every invocation's command line and what each point did
 USAGE_ERROR = 4  # pytest's exit code for bad options (and the suite's for a machine that can't run them)
 
 
@@ -286,7 +287,7 @@ def show(todo, args, out: Path) -> int:
 def record_invocation(out: Path, args, started: float, log: list[dict]) -> None:
     """sweep.json: every invocation's command line and what each point did, so the directory
     says how it was made."""
-    path = out / "sweep.json"
+    path = out / INDEX
     try:
         history = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -298,16 +299,22 @@ def record_invocation(out: Path, args, started: float, log: list[dict]) -> None:
     write_json(path, history)
 
 
+def point_files(out: Path) -> list[Path]:
+    """The measured points' pytest-benchmark JSON in a sweep's folder: not the index, a failed
+    point's record or a run under way (.NAME.partial.json)."""
+    return sorted(f for f in out.glob("*.json") if f.name != INDEX and not f.name.startswith(".")
+                  and not f.name.endswith((".failure.json", ".failed-run.json")))
+
+
 def points_commit(out: Path) -> dict:
     """The commit the folder's measured points ran at, from their own JSON (pytest-benchmark's
     commit_info): one commit, clean, or dirty=None where they differ or none is there yet."""
     infos = []
-    for f in sorted(out.glob("*.json")):
-        if f.name != "sweep.json" and not f.name.startswith("."):
-            try:
-                infos.append(json.loads(f.read_text())["commit_info"])
-            except (OSError, ValueError, KeyError):
-                continue
+    for f in point_files(out):
+        try:
+            infos.append(json.loads(f.read_text())["commit_info"])
+        except (OSError, ValueError, KeyError):
+            continue
     ids = {i.get("id") for i in infos}
     if len(ids) == 1 and all(i.get("dirty") is False for i in infos):
         return {"id": ids.pop(), "dirty": False, "from": f"the {len(infos)} points' JSON"}

@@ -76,6 +76,7 @@ def test_sweep_measures_records_failure_and_goes_on(swept):
     failed = json.loads((out / f"{BAD}.failure.json").read_text())
     assert failed["rc"] == 4 and "exceeds tiny's context of 512" in failed["reason"], failed
     assert not (out / f"{BAD}.json").exists() and not list(out.glob(".*partial*"))
+    assert [f.name for f in sweep.point_files(out)] == [f"{GOOD}.json"], "a failure record is not a point"
     index = json.loads((out / "sweep.json").read_text())
     assert [e["status"] for e in index["invocations"][0]["points"]] == ["measured", "failed"]
     # the index states the commit its points ran at, from their JSON (none where a point's tree was dirty)

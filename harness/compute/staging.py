@@ -41,7 +41,6 @@ class HostStaging:
         self._pinned: torch.Tensor | None = None
         self.pin_received = pin_received and self.cuda   # see the module's docstring
         self.registered: dict[int, int] = {}             # page-aligned start -> bytes, registered
-        self.direct_bytes = self.staged_bytes = 0        # how copies went, for the worker's stats
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         if self._pinned is None or self._pinned.numel() < nbytes:
@@ -55,9 +54,7 @@ class HostStaging:
         assert src.shape == dst.shape and src.dtype == dst.dtype, (src.shape, dst.shape, src.dtype, dst.dtype)
         if not self.cuda or src.is_pinned():
             dst.copy_(src, non_blocking=self.cuda)
-            self.direct_bytes += src.nbytes
             return
-        self.staged_bytes += src.nbytes
         self._staged(src, dst)
         if pin and self.pin_received:
             self._register(src.data_ptr(), src.nbytes)

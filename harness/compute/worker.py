@@ -195,7 +195,6 @@ class RemoteWorker:
         import psutil
         cuda = self.device.type == "cuda"
         return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
-                "h2d_direct_bytes": self.staging.direct_bytes, "h2d_staged_bytes": self.staging.staged_bytes,
                 "receive_pinned_bytes": sum(self.staging.registered.values()),
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from harness.report.summary import load_infos
 from harness.report.tables import full_report
+from harness.sweep import INDEX as SWEEP_INDEX
+from harness.sweep import point_files
 
 HEADER = """# Results
 
@@ -36,9 +38,6 @@ def runs(root: Path) -> list[Path]:
                   if p.parent.parent.name != "benchmarks" and not (p.parent / SWEEP_INDEX).exists())
 
 
-SWEEP_INDEX = "sweep.json"  # harness.sweep's record of its invocations and points
-
-
 def sweeps(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob(f"*/*/{SWEEP_INDEX}"))
 
@@ -47,8 +46,7 @@ def describe_sweep(folder: Path, root: Path) -> str:
     """A sweep in a few lines: its command, and per point the commit it ran; the tables, the cost
     model's errors and the plots are in the folder's own README (harness.report.sweepreport)."""
     index = json.loads((folder / SWEEP_INDEX).read_text())
-    points = sorted(folder.glob("*.json"))
-    points = [p for p in points if p.name != SWEEP_INDEX and not p.name.startswith(".")]
+    points = point_files(folder)
     commits = sorted({json.loads(p.read_text())["commit_info"]["id"][:12] for p in points})
     last = index["invocations"][-1]
     return "\n".join([

@@ -21,17 +21,14 @@ from pathlib import Path
 from harness.compute.modes import MODES
 from harness.report import costmodel as cm
 from harness.report.analysis import TIME_PARTS
-from harness.report.catalog import SWEEP_INDEX
 from harness.report.cli import report_written
 from harness.report.summary import load_infos
 from harness.report.tables import markdown_table
 from harness.report.units import human_bytes
+from harness.sweep import INDEX as SWEEP_INDEX
+from harness.sweep import point_files
 
 README = "README.md"
-
-
-def point_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.json") if p.name != SWEEP_INDEX and not p.name.startswith("."))
 
 
 def _rate(p: cm.Point) -> float:

@@ -222,7 +222,7 @@ def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
     mode_of = {i.name: MODES[i.mode] for i in infos}
     rows = [_link_row(link), _rpc_path_row(summaries, mode_of), _probe_cost_row(controls.get("capture_overhead")),
             _analysis_row(summaries, mode_of), _baseline_row(controls.get("local_vs_generate")),
-            _tpot_row(summaries, mode_of, controls.get("rpc_noop")),
+            _tpot_row(infos, controls.get("rpc_noop")),
             _closure_row(summaries), _time_sum_row(summaries),
             _serialisation_row(summaries, controls.get("serialisation"))]
     return [{"Check": c, "Figure": f, "Target": t} for c, f, t in filter(None, rows)]
@@ -261,10 +261,10 @@ def _analysis_row(summaries, mode_of):
 TPOT_SLACK_S = 0.5e-3  # what the semantic design may cost a token beyond one round trip
 
 
-def _tpot_row(summaries, mode_of, noop):
+def _tpot_row(infos, noop):
     """sys_simulated's time per output token beyond local's, against one empty round trip (back to
     back, and after a decode step's idle time where the run measured it) + TPOT_SLACK_S."""
-    tpot = {mode_of[k].name: v.tpot_s.mean for k, v in summaries.items() if k.startswith("decode")}
+    tpot = {i.mode: i.summary.tpot_s.mean for i in infos if i.phase == "decode"}
     if not noop or tpot.get("local") is None or tpot.get("sys_simulated") is None:
         return None
     extra = tpot["sys_simulated"] - tpot["local"]
