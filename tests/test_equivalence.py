@@ -101,3 +101,24 @@ def test_a_batch_decodes_alike_in_every_mode(gap_testbed, engine):
     expected = out[:, 16:].tolist()
     assert len(expected) == 3 and len({tuple(t) for t in expected}) == 3, "three different sequences"
     assert tokens["local"] == expected and tokens["naive"] == expected and tokens["sys_simulated"] == expected
+
+
+def test_a_decode_step_is_one_message_each_way(gap_testbed):
+    """sys_simulated's step reaches the worker by a plain call: no RRef among its arguments,
+    whose fork would add the owner's child-accept and the caller's ack to every call (measured
+    on the CPU box: 25 packets an empty call through the RRef, 12 without)."""
+    if gap_testbed.link.kind != "veth":
+        pytest.skip(f"link is {gap_testbed.link.label}: counters would include unrelated traffic")
+    from harness.testbed.link import stats
+    spec = ModelSpec("tiny")
+    backend = SysBackend(gap_testbed.worker(spec), build_model(spec, "cpu").state_dict())
+    backend.prefill(prompt_ids(load_config(spec), 8, seed=0))
+    iface, calls = gap_testbed.link.client_iface, 40
+    before = stats(iface)
+    for _ in range(calls):
+        backend.step([1])
+    after = stats(iface)
+    backend.end()
+    packets = sum(after[k] - before[k] for k in ("tx_packets", "rx_packets")) / calls
+    # a request and a reply, each a few segments (TensorPipe writes a message's parts apart), their ACKs
+    assert packets < 18, f"{packets:.1f} packets a decode call: more messages than request and reply"

@@ -3,6 +3,40 @@ line the user can act on (a dead worker, a cut link, a hung step)."""
 from __future__ import annotations
 
 
+class WorkerHandle:
+    """A RemoteWorker on the GPU host, called as `handle.rpc_sync().method(*args)` like its RRef,
+    but through a plain function and the worker's key (harness.compute.worker.invoke), not the
+    RRef. An RRef among a call's arguments is forked to its owner, which answers with a
+    child-accept message that the caller acknowledges: two more messages a call, each woken
+    on both hosts, and on the GPU host handled by the one thread that runs the model. On the
+    CPU box an empty call was 25 packets through the RRef and 12 as a plain call (0.90 against
+    0.81 ms back to back, 1.65 against 1.37 ms after 5 ms idle). The RRef is kept: while it
+    lives, the worker does."""
+
+    def __init__(self, rref):
+        self.rref = rref
+        self.owner = rref.owner()
+        self.key = rref.rpc_sync().key_remote()  # also waits until the worker is built
+
+    def rpc_sync(self) -> "_Methods":
+        return _Methods(self)
+
+
+class _Methods:
+    def __init__(self, handle: WorkerHandle):
+        self._handle = handle
+
+    def __getattr__(self, method: str):
+        from torch.distributed import rpc
+
+        from harness.compute.worker import invoke
+        handle = self._handle
+
+        def remote(*args):
+            return rpc.rpc_sync(handle.owner, invoke, args=(handle.key, method, *args))
+        return remote
+
+
 def call(worker, method: str, *args):
     """worker.method(*args) over RPC, with torch RPC's failures reworded (harness.compute.calls.explain)."""
     try:

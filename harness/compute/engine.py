@@ -7,11 +7,12 @@
 - static: a StaticCache ([batch, kv_heads, max_len, head_dim] per layer, written in place at a
   position the cache keeps on the device), still launched eagerly: the graphs engine's cache and
   numerics without the graph, so the CPU can test everything but the capture.
-- graphs: static, with each slot's decode step captured once as a CUDA graph and replayed: one
-  launch a token (H100: gpt2 0.90 ms, llama-1b 3.1 ms, the 8B shape 8.9 ms a token).
+- graphs: static, with each slot's decode step, and its prompt of each length, captured once as
+  CUDA graphs and replayed: one launch a forward (decode on the H100: gpt2 0.90 ms, llama-1b
+  3.1 ms, the 8B shape 8.9 ms a token).
 
 A cache lives in a Slot. Slots are pooled: a released slot keeps its buffers and its captured
-graph for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
+graphs for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
 slot, not per session. The graph reads the parameters and the cache at fixed addresses: weights
 must be copied into the parameters in place (harness.compute.staging.FlatParams), never rebound.
 
@@ -55,13 +56,20 @@ def resolved(spec: EngineSpec, device) -> EngineSpec:
 
 
 class Slot:
-    """One session's KV cache (and, for graphs, its captured decode step)."""
+    """One session's KV cache and, for graphs, its captured forwards."""
 
-    def __init__(self, cache, ids: torch.Tensor | None = None):
+    def __init__(self, cache):
         self.cache = cache
-        self.ids = ids          # graphs: the captured step's input, [batch, 1] on the device
-        self.graph = None
-        self.logits = None      # graphs: the captured step's output, [batch, vocab]
+        self.length = 0         # positions filled, kept here so that reading it never syncs the device
+        self.graphs: dict[int, Captured] = {}  # graphs: tokens a forward takes -> its capture
+
+
+@dataclass
+class Captured:
+    """A forward captured as a CUDA graph: replay reads ids and writes logits at fixed addresses."""
+    graph: "torch.cuda.CUDAGraph"
+    ids: torch.Tensor       # [batch, n] input, on the device
+    logits: torch.Tensor    # [batch, vocab] output
 
 
 class _NoEvent:
@@ -92,8 +100,7 @@ class Engine:
             self._rewind(slot, 0)
             return slot
         from transformers import StaticCache
-        return Slot(StaticCache(config=self.model.config, max_cache_len=self.spec.max_len),
-                    torch.zeros((self.spec.batch, 1), dtype=torch.long, device=self.device))
+        return Slot(StaticCache(config=self.model.config, max_cache_len=self.spec.max_len))
 
     def release(self, slot: Slot) -> None:
         if self.spec.name != "eager":
@@ -107,17 +114,25 @@ class Engine:
         events = self._span
         events[0].record()
         with torch.inference_mode():
-            if self.spec.name != "graphs" or ids.shape[1] != 1:
+            if not self._replayable(slot, ids):
                 logits = self._eager(slot.cache, ids)
             else:
-                if slot.graph is None:
-                    self._capture(slot, ids)
+                step = slot.graphs.get(ids.shape[1]) or self._capture(slot, ids)
                 events[0].record()  # after a capture: the span is the step, not the capture
-                slot.ids.copy_(ids)
-                slot.graph.replay()
-                logits = slot.logits
+                step.ids.copy_(ids)
+                step.graph.replay()
+                logits = step.logits
         events[1].record()
+        slot.length += ids.shape[1]
         return logits
+
+    def _replayable(self, slot: Slot, ids: torch.Tensor) -> bool:
+        """graphs replays a decode step at any position (the cache keeps its position on the
+        device) and a prompt from position 0 only: a prompt's capture is checked at the position it
+        was made at, which is the only one a session starts from. A prompt in eager mode launches
+        each kernel from Python, ~1300 of them for the 8B shape (45 ms on the H200 for 128 tokens,
+        where its weights take ~3.5 ms to read): captured, the prompt, too, runs as the GPU allows."""
+        return self.spec.name == "graphs" and (ids.shape[1] == 1 or slot.length == 0)
 
     def gpu_span_s(self) -> float | None:
         """Device time from the last forward's first to its last kernel (CUDA events; None off
@@ -129,26 +144,27 @@ class Engine:
     def _eager(self, cache, ids):
         return forward_step(self.model, ids, cache)
 
-    def _capture(self, slot: Slot, ids: torch.Tensor) -> None:
-        """Warm the step up on a side stream (as torch.cuda.graph requires), rewind the cache to
+    def _capture(self, slot: Slot, ids: torch.Tensor) -> Captured:
+        """Warm the forward up on a side stream (as torch.cuda.graph requires), rewind the cache to
         where it was, and capture; the cache's own position counter advances at each replay."""
-        n = self.seq_len(slot)
-        slot.ids.copy_(ids)
+        n = slot.length
+        buf = ids.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._eager(slot.cache, slot.ids)
+                self._eager(slot.cache, buf)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._rewind(slot, n)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._eager(slot.cache, slot.ids)
-        slot.graph, slot.logits = graph, logits  # only a whole capture goes back to the pool
+            logits = self._eager(slot.cache, buf)
+        slot.graphs[ids.shape[1]] = step = Captured(graph, buf, logits)  # only a whole capture is kept
+        return step
 
     # -- the cache as tensors (the naive mode ships it) ------------------------------------
     def seq_len(self, slot: Slot) -> int:
-        return int(slot.cache.get_seq_length())
+        return slot.length
 
     def kv(self, slot: Slot) -> list:
         """Per layer (keys, values) of the filled positions, [batch, kv_heads, seq, head_dim]."""
@@ -160,6 +176,7 @@ class Engine:
         if self.spec.name == "eager":
             for i, (k, v) in enumerate(kv):
                 slot.cache.update(k, v, i)
+            slot.length = kv[0][0].shape[-2] if kv else 0
             return
         with torch.inference_mode():
             for layer, (k, v) in zip(slot.cache.layers, kv):
@@ -173,6 +190,7 @@ class Engine:
     def _rewind(slot: Slot, n: int) -> None:
         """Set the static cache's position to n: later writes go there, positions past it are
         masked. In place: the captured graph reads the counter at its address."""
+        slot.length = n
         with torch.inference_mode():
             for layer in slot.cache.layers:
                 if layer.is_initialized:

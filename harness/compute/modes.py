@@ -98,8 +98,8 @@ class NaiveBackend:
     mode = "naive"
     load = None  # it ships the weights in every call instead
 
-    def __init__(self, worker_rref, state_dict: dict | Packed):
-        self.worker = worker_rref
+    def __init__(self, worker, state_dict: dict | Packed):
+        self.worker = worker  # harness.compute.calls.WorkerHandle
         self.weights = as_packed(state_dict)  # one buffer per dtype; see harness.compute.packing.Packed
         self.tally = Tally()
         self.kv = None                        # Packed, as the worker sent it back
@@ -143,8 +143,8 @@ class WeightLoad:
 class SysBackend:
     mode = "sys_simulated"
 
-    def __init__(self, worker_rref, state_dict: dict | Packed):
-        self.worker = worker_rref
+    def __init__(self, worker, state_dict: dict | Packed):
+        self.worker = worker  # harness.compute.calls.WorkerHandle
         self.tally = Tally()
         self.cache_id = None
         weights = as_packed(state_dict)  # as the naive mode sends them

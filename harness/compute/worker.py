@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -39,7 +40,7 @@ from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
 from harness.compute.tokens import greedy as greedy_tokens
 from harness.compute.tokens import on_device
-from harness.testbed import rpc
+from harness.testbed import cpuidle, rpc
 
 
 class Reply(NamedTuple):
@@ -73,10 +74,26 @@ def _stamped(fn, *args, **kwargs):
     return out, (began, time.time())
 
 
+# The workers of this process by key, for as long as their RRef (held by the client) keeps them:
+# the client calls them through invoke, a plain function (harness.compute.calls.WorkerHandle says why)
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def invoke(key: str, method: str, *args):
+    """worker.method(*args) for the worker registered under key: what the client's calls run here."""
+    worker = _LIVE.get(key)
+    if worker is None:
+        raise RuntimeError(f"no GPU worker {key!r} in this process: it was released, or the server "
+                           "restarted; make a new worker (harness.testbed.bed.Testbed.worker)")
+    return getattr(worker, method)(*args)
+
+
 class RemoteWorker:
     MAX_SESSIONS = 64  # live KV caches; more means a client forgot release_cache_remote
 
     def __init__(self, spec: ModelSpec, device: str | None = None, engine: EngineSpec = EngineSpec()):
+        self.key = uuid.uuid4().hex
+        _LIVE[self.key] = self
         self.device = torch.device(device or default_device())
         self.spec = spec
         # one thread for all model work: it also serialises requests, so no lock is needed
@@ -170,6 +187,9 @@ class RemoteWorker:
         """Pinned host<->device GB/s on this host (harness.compute.staging.copy_bandwidth)."""
         return copy_bandwidth(self.device)
 
+    def key_remote(self) -> str:
+        return self.key
+
     def noop_remote(self) -> None:
         """The control benchmark's round trip: RPC cost with no work behind it."""
 
@@ -195,6 +215,7 @@ class RemoteWorker:
         import psutil
         cuda = self.device.type == "cuda"
         return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
+                "cpu_idle": cpuidle.state(),
                 "receive_pinned_bytes": sum(self.staging.registered.values()),
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "gpu_allocated_bytes": torch.cuda.memory_allocated(self.device) if cuda else None,

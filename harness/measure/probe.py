@@ -60,7 +60,7 @@ class WorkerSampler:
     its host's clock for the offset estimate."""
 
     def __init__(self, worker):
-        self.worker = worker  # RRef to a harness.compute.worker.RemoteWorker
+        self.worker = worker  # harness.compute.calls.WorkerHandle to a RemoteWorker
 
     def start(self) -> None:
         call(self.worker, "gpu_sampler_start_remote")

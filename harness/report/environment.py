@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from harness.compute.calls import call
+from harness.testbed import cpuidle
 
 
 def versions() -> dict:
@@ -68,4 +69,6 @@ def describe_testbed(bed, opts) -> dict:
             "model": opts.spec.name, "dtype": opts.spec.dtype,
             "device": worker["device"], "client_device": opts.resolved_device,
             # the worker's malloc policy changes what naive's receive costs (harness/compute/hostmem.py)
-            "worker_malloc": worker["malloc"], "engine": worker["engine"]}
+            "worker_malloc": worker["malloc"], "engine": worker["engine"],
+            # idle CPUs poll or halt: what a call after a wait pays to wake (harness/testbed/cpuidle.py)
+            "cpu_idle": {"client": cpuidle.state(), "gpu_host": worker["cpu_idle"]}}

@@ -34,15 +34,17 @@ class Testbed:
     workers: dict = field(default_factory=dict)
 
     def worker(self, spec: ModelSpec, engine: EngineSpec = EngineSpec()):
-        """An RRef to a RemoteWorker for spec, running engine, on the GPU host (one per pair, made
-        on first use)."""
+        """A handle (harness.compute.calls.WorkerHandle) to a RemoteWorker for spec, running
+        engine, on the GPU host (one per pair, made on first use)."""
         from torch.distributed import rpc as torch_rpc
 
+        from harness.compute.calls import WorkerHandle
         from harness.compute.worker import RemoteWorker
         if (spec, engine) not in self.workers:
             rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device, engine))
-            rref.rpc_sync().noop_remote()  # waits until the skeleton is built and lanes are open
-            self.workers[spec, engine] = rref
+            handle = WorkerHandle(rref)  # waits until the skeleton is built
+            handle.rpc_sync().noop_remote()  # and the plain call's lanes are open
+            self.workers[spec, engine] = handle
         return self.workers[spec, engine]
 
     def backend(self, mode: str, spec: ModelSpec, weights, engine: EngineSpec = EngineSpec()):

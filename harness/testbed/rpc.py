@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 
 from harness.errors import UsageError
+from harness.testbed import cpuidle
 
 WORKER_NAME = "GPU_WORKER"
 CLIENT_NAME = "CLIENT"
@@ -125,6 +126,7 @@ def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
 
     # torch's own RPC start-up trips its deprecation notice about Gloo; nothing of ours to fix
     warnings.filterwarnings("ignore", message="You are using a Backend")
+    cpuidle.hold_low_latency()  # both hosts: every call wakes threads on idle CPUs
     pin_interface(iface)
     threads = SERVER_THREADS if name == WORKER_NAME else CLIENT_THREADS
     rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=backend_options(cfg, threads))

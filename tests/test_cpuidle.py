@@ -1,0 +1,35 @@
+"""The PM QoS request both hosts make (harness.testbed.cpuidle): held while the process lives,
+gone with it, and said in the environment either way."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from harness.testbed import cpuidle
+
+
+def _effective_us() -> int:
+    """The kernel's current CPU latency limit: reading the device gives the aggregate of requests."""
+    with open(cpuidle.DEVICE, "rb") as f:
+        return struct.unpack("i", f.read(4))[0]
+
+
+def test_request_lasts_as_long_as_the_process():
+    if not os.path.exists(cpuidle.DEVICE) or os.geteuid() != 0:
+        pytest.skip(f"{cpuidle.DEVICE} needs root and the kernel's PM QoS")
+    code = ("import struct, sys; from harness.testbed import cpuidle; s = cpuidle.hold_low_latency(); "
+            f"print(s['cpu_latency_us'], struct.unpack('i', open({cpuidle.DEVICE!r}, 'rb').read(4))[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "0"], out.stdout
+    assert _effective_us() > 0, "the request outlived its process"
+
+
+def test_state_says_why_not_where_none_was_made():
+    s = cpuidle.state()
+    assert set(s) >= {"cpu_latency_us", "cpuidle_driver", "cpuidle_governor"}
+    if s["cpu_latency_us"] is None:
+        assert s["not_held"]
