@@ -7,12 +7,11 @@
 - static: a StaticCache ([batch, kv_heads, max_len, head_dim] per layer, written in place at a
   position the cache keeps on the device), still launched eagerly: the graphs engine's cache and
   numerics without the graph, so the CPU can test everything but the capture.
-- graphs: static, with each slot's decode step, and its prompt of each length, captured once as
-  CUDA graphs and replayed: one launch a forward (decode on the H100: gpt2 0.90 ms, llama-1b
-  3.1 ms, the 8B shape 8.9 ms a token).
+- graphs: static, with each slot's decode step captured once as a CUDA graph and replayed: one
+  launch a token (H100: gpt2 0.90 ms, llama-1b 3.1 ms, the 8B shape 8.9 ms a token).
 
 A cache lives in a Slot. Slots are pooled: a released slot keeps its buffers and its captured
-graphs for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
+graph for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
 slot, not per session. The graph reads the parameters and the cache at fixed addresses: weights
 must be copied into the parameters in place (harness.compute.staging.FlatParams), never rebound.
 
@@ -61,7 +60,7 @@ class Slot:
     def __init__(self, cache):
         self.cache = cache
         self.length = 0         # positions filled, kept here so that reading it never syncs the device
-        self.graphs: dict[int, Captured] = {}  # graphs: tokens a forward takes -> its capture
+        self.graphs: dict[int, Captured] = {}  # graphs: tokens a forward takes (1: decode) -> its capture
 
 
 @dataclass
@@ -127,12 +126,11 @@ class Engine:
         return logits
 
     def _replayable(self, slot: Slot, ids: torch.Tensor) -> bool:
-        """graphs replays a decode step at any position (the cache keeps its position on the
-        device) and a prompt from position 0 only: a prompt's capture is checked at the position it
-        was made at, which is the only one a session starts from. A prompt in eager mode launches
-        each kernel from Python, ~1300 of them for the 8B shape (45 ms on the H200 for 128 tokens,
-        where its weights take ~3.5 ms to read): captured, the prompt, too, runs as the GPU allows."""
-        return self.spec.name == "graphs" and (ids.shape[1] == 1 or slot.length == 0)
+        """graphs replays decode steps only (the cache keeps its position on the device). A
+        prompt stays eager: captured from position 0, llama-1b's prompt graph hit a device-side
+        assert in SDPA on the H200 (transformers 5.24 shapes a prefill into an empty static cache
+        from host-side state, and documents prefill as never compiled)."""
+        return self.spec.name == "graphs" and ids.shape[1] == 1
 
     def gpu_span_s(self) -> float | None:
         """Device time from the last forward's first to its last kernel (CUDA events; None off
