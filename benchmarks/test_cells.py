@@ -39,7 +39,7 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase,
                        rounds=opts.rounds, warmup_rounds=opts.warmup)
     assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
                            "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
-    cell.measure_utilization()  # outside the timed rounds
+    cell.measure_utilization(opts.util_samples)  # outside the timed rounds
     if MODES[mode].remote:
         cell.dissect()
     info = cell.info()

@@ -94,8 +94,9 @@ class Cell:
 
     def measure_utilization(self, samples: int = WINDOW_SAMPLES) -> None:
         """Where a measured round holds fewer than `samples` dmon samples, run the phase back to
-        back under dmon until the window holds that many: every cell gets a dmon figure on a GPU."""
-        if min(r.probe.dmon_samples for r in self.measured) >= samples:
+        back under dmon until the window holds that many: every cell gets a dmon figure on a GPU.
+        samples 0: no window (--gap-util-samples 0)."""
+        if samples == 0 or min(r.probe.dmon_samples for r in self.measured) >= samples:
             return
         # + 2.5 s: the window's first and last dmon samples straddle its edges and are left out
         self.window = self.probe.window(

@@ -46,6 +46,7 @@ class SuiteOptions:
     link_strict: bool = False                 # ... and fail instead
     batch: int = 1              # sequences decoded together, as a serving system batches
     engine: str | None = None   # eager | static | graphs; None: graphs on CUDA, else eager
+    util_samples: int = 5       # dmon samples a cell's utilization window holds at least; 0: no window
     strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
     # field -> the flag that sets it, where not --gap-<field> (run_llm.py names some differently)
     flags: dict = field(default_factory=dict, compare=False, repr=False)
@@ -81,7 +82,8 @@ class SuiteOptions:
     def validate(self, phases=PHASES) -> "SuiteOptions":
         """Every check that can be made before anything starts; phases: those that will run (the
         context must hold the prompt, and for decode steps + 1 generated tokens)."""
-        for name, low in (("prompt_len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0), ("batch", 1)):
+        for name, low in (("prompt_len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0), ("batch", 1),
+                          ("util_samples", 0)):
             value = getattr(self, name)
             if value < low:
                 raise UsageError(f"{self.flag(name)} {value} must be >= {low}")
