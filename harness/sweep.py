@@ -11,7 +11,8 @@ parses is not measured again. pytest writes to a temporary name that is renamed 
 run passed, so a run cut off half-way never counts. A point that fails leaves NAME.failure.json
 (why, the exit code, the command; its log is NAME.log) and the sweep goes on. On resume a point
 that failed as a usage error (pytest's exit 4: its options, or this machine, cannot run it, e.g.
-a prompt over the model's context or an RTT on a kernel without sch_netem) is not retried, since
+a prompt over the model's context, or an RTT with a rate above what the delay line that stands
+in for a missing sch_netem carries) is not retried, since
 the same command gives the same answer; a point whose cells failed or that timed out is, since
 a shared machine's hiccup can cause either. --retry-failed retries every failed point.
 

@@ -15,7 +15,8 @@ PROFILES = {"nic25": 25.0,    # the plan's testbed: a 25 GbE NIC
 
 @dataclass(frozen=True)
 class Link:
-    """The emulated link. kind is 'veth' (real interface between namespaces) or 'loopback'."""
+    """The emulated link. kind is 'veth' (real interfaces between namespaces: a veth pair, or
+    with the delay line two TUNs; either way counters of this link alone), 'remote' or 'loopback'."""
     kind: str
     client_addr: str
     gpu_addr: str
@@ -24,8 +25,10 @@ class Link:
     netns: str | None           # the GPU host's namespace, None on loopback
     host: GpuHost = GpuHost()   # how to run programs on the GPU host
     rate_gbps: float | None = None  # a line rate given to the veth (tc tbf), None: unshaped
-    rtt_ms: float | None = None     # a round trip added to the veth's own (tc netem, half each way)
+    rtt_ms: float | None = None     # a round trip added to the pair's own, half each way
     profile: str | None = None      # the PROFILES name the rate came from, if any
+    rtt_by: str | None = "netem"    # what adds rtt_ms: 'netem' (tc, on a veth) or 'delay line'
+                                    # (harness.testbed.delayline, two TUNs: no sch_netem)
 
     @property
     def gpu_prefix(self) -> list[str]:
@@ -37,8 +40,11 @@ class Link:
         if self.kind == "veth":
             rate = f", shaped to {self.rate_gbps:g} Gbit/s" if self.rate_gbps else ", unshaped"
             named = f" (profile {self.profile})" if self.profile else ""
-            rtt = f", RTT {self.rtt_ms:g} ms added (netem, half each way)" if self.rtt_ms else ""
-            return f"veth {self.client_iface}<->{self.gpu_iface} in netns {self.netns}{rate}{named}{rtt}"
+            line = self.rtt_ms and self.rtt_by == "delay line"
+            by = "userspace delay line" if line else "netem"
+            rtt = f", RTT {self.rtt_ms:g} ms added ({by}, half each way)" if self.rtt_ms else ""
+            pair = "TUN pair" if line else "veth"
+            return f"{pair} {self.client_iface}<->{self.gpu_iface} in netns {self.netns}{rate}{named}{rtt}"
         if self.kind == "remote":
             via = f"ssh {self.host.ssh.destination}" if self.host.ssh else "worker started by hand"
             return f"{self.client_iface} -> {self.gpu_addr} ({via})"

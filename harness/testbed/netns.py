@@ -1,5 +1,8 @@
 """Two hosts on one machine: the GPU host in its own network namespace, joined to the client
 (the root namespace) by a veth pair, so remote-mode bytes cross a real interface as TCP.
+An added round trip is netem's on the veth; on a kernel without sch_netem (the CPU box's, the
+GPU machines') the pair is two TUN devices joined by a userspace delay line instead
+(harness.testbed.delayline), under the same names and addresses.
 
 Names carry the creating process id (`sgap<pid>`, veths `sgc<pid>`/`sgg<pid>`, with `-<slot>`
 for a process's further links) so that concurrent sessions don't collide and a later start can
@@ -16,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness.testbed import delayline
 from harness.testbed.hosts import GpuHost
 from harness.testbed.link import Link
 
@@ -28,7 +32,7 @@ class NetnsError(RuntimeError):
 
 
 class NoNetem(NetnsError):
-    """The kernel has no sch_netem, so no round trip can be added to the link."""
+    """The kernel has no sch_netem, and what stands in for it can't give the link asked for."""
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -54,18 +58,30 @@ def _addresses(pid: int, slot: int) -> tuple[str, str]:
 
 
 def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: float | None = None,
-           rtt_ms: float | None = None) -> Link:
-    """Create the namespace and veth pair; remove anything half-made if a step fails.
+           rtt_ms: float | None = None, delay_by: str | None = None) -> Link:
+    """Create the namespace and the pair joining it; remove anything half-made if a step fails.
     slot > 0 gives the same process another link (a test's own GPU host, say).
     rate_gbps gives the link a line rate each way (see shape); rtt_ms adds that round trip to
-    the veth's own, half of it each way (see delay)."""
+    the pair's own, half of it each way: netem on a veth (see delay) where the kernel has
+    sch_netem, else two TUNs and the userspace delay line (see delayline), which refuses a rate
+    above what it carries (delayline.MAX_GBPS). delay_by 'netem' or 'delay line' picks one
+    (tests)."""
     pid = pid or os.getpid()
     ns, vc, vg = link_names(pid, slot)
     ca, ga = _addresses(pid, slot)
+    if delay_by not in (None, "netem", "delay line"):
+        raise ValueError(f"delay_by {delay_by!r}: 'netem', 'delay line' or None (netem where the kernel has it)")
     try:
         _ip("netns", "add", ns)
-        _ip("link", "add", vc, "mtu", str(mtu), "type", "veth", "peer", "name", vg, "mtu", str(mtu))
-        _ip("link", "set", vg, "netns", ns)
+        if rtt_ms:
+            delay_by = delay_by or ("netem" if has_netem(ns) else "delay line")
+        if delay_by == "delay line" and rtt_ms:
+            _refuse_beyond_the_line(rate_gbps, rtt_ms)
+            _tun_pair(ns, vc, vg, mtu, rtt_ms / 2)
+        else:
+            delay_by = "netem" if rtt_ms else None
+            _ip("link", "add", vc, "mtu", str(mtu), "type", "veth", "peer", "name", vg, "mtu", str(mtu))
+            _ip("link", "set", vg, "netns", ns)
         _ip("addr", "add", f"{ca}/30", "dev", vc)
         _ip("link", "set", vc, "up")
         _ip("-n", ns, "addr", "add", f"{ga}/30", "dev", vg)
@@ -73,15 +89,61 @@ def create(pid: int | None = None, slot: int = 0, mtu: int = 1500, rate_gbps: fl
         _ip("-n", ns, "link", "set", "lo", "up")
         if rate_gbps or rtt_ms:
             for side, dev in ((None, vc), (ns, vg)):
-                if rtt_ms:
+                if delay_by == "netem":
                     delay(side, dev, rtt_ms / 2, rate_gbps)
-                else:
+                elif rate_gbps:
+                    # before the delay line: each TUN's egress is what the line reads, so the
+                    # bucket shapes each direction once, as on the veth (where it is netem's
+                    # child, after the delay: a fixed delay and a rate commute)
                     shape(side, dev, rate_gbps)
-                spread_receive(side, dev)  # netem, like tbf, releases its packets from one CPU's timer
+                # netem, like tbf, releases its packets from one CPU's timer. On a TUN the line's
+                # writes are the receive, run in the line's process: steering lets the receiving
+                # TCP's work leave the line's CPU (on the CPU box's 2 vCPUs, with and without
+                # were within run-to-run noise, and no backlog dropped a packet)
+                spread_receive(side, dev)
     except NetnsError:
         destroy_names(ns, vc)
         raise
-    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns), rate_gbps, rtt_ms)
+    return Link("veth", ca, ga, vc, vg, ns, GpuHost(netns=ns), rate_gbps, rtt_ms, rtt_by=delay_by)
+
+
+def has_netem(ns: str) -> bool:
+    """Whether the kernel has sch_netem: a netem qdisc tried on the new namespace's own loopback
+    (nothing else uses it yet, and it goes with the namespace)."""
+    out = _tc(ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "0")
+    if out.returncode == 0:
+        _tc(ns, "qdisc", "del", "dev", "lo", "root")
+        return True
+    if "kind is unknown" in out.stderr:
+        return False
+    raise NetnsError(f"probing for sch_netem in {ns} failed: {out.stderr.strip()}")
+
+
+def _refuse_beyond_the_line(rate_gbps: float | None, rtt_ms: float) -> None:
+    if rate_gbps and rate_gbps > delayline.MAX_GBPS:
+        raise NoNetem(f"a {rate_gbps:g} Gbit/s link with {rtt_ms:g} ms added: this kernel has no sch_netem, "
+                      f"and the userspace delay line that stands in carries at most {delayline.MAX_GBPS:g} "
+                      f"Gbit/s: ask for {delayline.MAX_GBPS:g} Gbit/s or less, or run on a kernel with "
+                      "sch_netem (CONFIG_NET_SCH_NETEM)")
+
+
+def _tun_pair(ns: str, vc: str, vg: str, mtu: int, one_way_ms: float) -> None:
+    """The client's TUN vc here and the GPU host's vg in ns, joined by the delay line (its
+    process lives in ns: destroy_names stops it with the namespace's others, and the TUNs go
+    with it). The veth's MTU: the TUNs take 64 KB GSO segments as the veth does (see
+    delayline), so a larger one would buy little, and TCP would count its windows in other
+    segments (a 64 KB MSS starts a connection with 640 KB in flight, not 14 KB). The queue
+    length is packets a TUN holds for the line to read: a full one drops (a TUN does not push
+    back on its qdisc), so it covers the line's pauses (up to 5 ms on the CPU box) at its rate."""
+    try:
+        delayline.start(vc, vg, ns, one_way_ms)
+    except OSError as e:  # the machine's limit as much as a missing sch_netem: one line, as that
+        raise NoNetem(f"adding {2 * one_way_ms:g} ms: this kernel has no sch_netem, and the userspace "
+                      f"delay line that stands in did not start ({e}): it needs /dev/net/tun "
+                      "(modprobe tun), or run on a kernel with sch_netem") from None
+    for side, dev in ((None, vc), (ns, vg)):
+        _ip(*(["-n", side] if side else []), "link", "set", dev, "mtu", str(mtu),
+            "txqueuelen", str(delayline.TXQUEUELEN))
 
 
 def spread_receive(ns: str | None, dev: str) -> None:
@@ -181,18 +243,24 @@ def destroy(link: Link) -> None:
 
 
 def destroy_names(ns: str, client_iface: str) -> None:
-    """Kill what runs in the namespace (by pid), then remove it and the veth (idempotent)."""
+    """Kill what runs in the namespace (by pid: the delay line too, whose TUNs go with it), then
+    remove it and the veth (idempotent)."""
     pids = _ip("netns", "pids", ns, check=False).stdout.split()
     for p in pids:
         _kill(int(p), signal.SIGTERM)
     deadline = time.monotonic() + 5
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        pids = [p for p in pids if not _gone(int(p))]
         time.sleep(0.05)
     for p in pids:
         _kill(int(p), signal.SIGKILL)
     _ip("netns", "del", ns, check=False)
     _ip("link", "del", client_iface, check=False)  # gone with the ns usually; harmless if so
+
+
+def _gone(pid: int) -> bool:
+    delayline.reap(pid)  # a delay line we started is our child: gone once we collect it
+    return not Path(f"/proc/{pid}").exists()
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -203,7 +271,8 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def clean_stale() -> list[str]:
-    """Remove namespaces and veths left by killed runs (their creating pid no longer exists)."""
+    """Remove namespaces and veths left by killed runs (their creating pid no longer exists),
+    and with a namespace the delay line in it."""
     removed = []
     listing = _ip("netns", "list", check=False).stdout
     for m in re.finditer(rf"^{NETNS_PREFIX}((\d+)(?:-\d+)?)\b", listing, re.M):
@@ -211,7 +280,9 @@ def clean_stale() -> list[str]:
             destroy_names(f"{NETNS_PREFIX}{m.group(1)}", f"sgc{m.group(1)}")
             removed.append(m.group(0))
     links = _ip("-o", "link", "show", check=False).stdout
-    for m in re.finditer(r"^\d+: (sgc(\d+)(?:-\d+)?)@", links, re.M):
+    # a veth shows as sgc<pid>@<peer>; a TUN, which has no peer, as sgc<pid>: (its line was in a
+    # namespace destroyed above, so it is gone unless the namespace was removed by hand)
+    for m in re.finditer(r"^\d+: (sgc(\d+)(?:-\d+)?)[@:]", links, re.M):
         if not Path(f"/proc/{m.group(2)}").exists():
             _ip("link", "del", m.group(1), check=False)
             removed.append(m.group(1))
