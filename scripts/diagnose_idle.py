@@ -1,7 +1,8 @@
 """What an RPC costs after the caller waited, as a decode step's call follows the GPU's work: the
 empty call back to back and after 1, 5 and 10 ms idle, through the worker's handle (a plain
 call) and through its RRef, with the PM QoS request of harness/testbed/cpuidle.py held on both
-hosts and without it (SGAP_NO_CPU_QOS=1), on the embedded link:
+hosts, without it (SGAP_NO_CPU_QOS=1), and with it and a busy loop on every CPU (SGAP_CPU_POLL=1),
+on the embedded link:
 
     python scripts/diagnose_idle.py [--link-gbps 100] [--calls 200]
 """
@@ -40,6 +41,7 @@ def measure(link_gbps: float | None, calls: int) -> None:
         handle = bed.worker(ModelSpec("tiny", "fp32"))
         remote = handle.rpc_sync().stats_remote()["cpu_idle"]
         print(f"qos client {cpuidle.state()['cpu_latency_us']} gpu host {remote['cpu_latency_us']} "
+              f"pollers {remote.get('pollers', 0)} "
               f"(cpuidle {remote['cpuidle_driver']}/{remote['cpuidle_governor']})", flush=True)
         for label, call in (("handle", handle.rpc_sync().noop_remote),
                             ("rref", lambda: handle.rref.rpc_sync().noop_remote())):
@@ -55,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         return measure(args.link_gbps, args.calls)
-    for env in ({}, {"SGAP_NO_CPU_QOS": "1"}):
+    for env in ({}, {"SGAP_NO_CPU_QOS": "1"}, {"SGAP_CPU_POLL": "1"}):
         argv = [sys.executable, __file__, "--one", "--calls", str(args.calls)]
         if args.link_gbps:
             argv += ["--link-gbps", f"{args.link_gbps:g}"]

@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -37,3 +38,17 @@ def test_state_says_why_not_where_none_was_made():
     assert set(s) >= {"cpu_latency_us", "cpuidle_driver", "cpuidle_governor"}
     if s["cpu_latency_us"] is None:
         assert s["not_held"]
+
+
+def test_pollers_go_with_their_process():
+    """SGAP_CPU_POLL=1: a busy loop per CPU, at SCHED_IDLE, that dies with the process that made it."""
+    code = ("from harness.testbed import cpuidle; s = cpuidle.hold_low_latency(); "
+            "print(s['pollers'], *[p.pid for p in cpuidle._pollers], flush=True)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SGAP_CPU_POLL": "1"})
+    n, *pids = map(int, out.stdout.split())
+    assert n == len(pids) == len(os.sched_getaffinity(0))
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids), "a poller outlived its process"

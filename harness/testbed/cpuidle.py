@@ -11,11 +11,21 @@ under the same setting. Best effort: without the right (no root on a user's host
 on and the environment says the request was not held. SGAP_NO_CPU_QOS=1 in the environment
 (which a server started here inherits) leaves idle as the machine has it, to measure the difference
 (scripts/diagnose_idle.py).
+
+The request acts through the cpuidle driver, and the H200 host has none (driver "none", governor
+menu: idle is the plain halt): there an empty RPC still took 0.46 ms back to back and 0.93 ms
+after 5 ms idle. SGAP_CPU_POLL=1 tries what idle=poll would do there, as an experiment measured
+by scripts/diagnose_idle.py, not a default: a busy loop at SCHED_IDLE on every CPU this process
+may use, so no CPU halts and a woken thread preempts the loop at once. The loops die with this
+process (PR_SET_PDEATHSIG) and cost the machine's idle time; on a CPU with SMT they also share
+a core with real work.
 """
 from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 DEVICE = "/dev/cpu_dma_latency"
@@ -35,7 +45,30 @@ def hold_low_latency() -> dict:
             _state = {"cpu_latency_us": 0}
         except OSError as e:
             _state = {"cpu_latency_us": None, "not_held": f"{DEVICE}: {e.strerror} (needs root)"}
+        if os.environ.get("SGAP_CPU_POLL") == "1":
+            _state["pollers"] = len(_start_pollers())
     return state()
+
+
+# a CPU's busy loop: lowest priority, this CPU only, gone when its parent goes (prctl 1 =
+# PR_SET_PDEATHSIG, 9 = SIGKILL; the getppid check covers a parent that died before the prctl)
+_POLLER = """import ctypes, os, sys
+parent = int(sys.argv[2])
+ctypes.CDLL(None).prctl(1, 9)
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+os.sched_setaffinity(0, {int(sys.argv[1])})
+while os.getppid() == parent:
+    for _ in range(200000):
+        pass
+"""
+_pollers: list[subprocess.Popen] = []
+
+
+def _start_pollers() -> list[subprocess.Popen]:
+    for cpu in sorted(os.sched_getaffinity(0)):
+        _pollers.append(subprocess.Popen([sys.executable, "-c", _POLLER, str(cpu), str(os.getpid())],
+                                         stdin=subprocess.DEVNULL))
+    return _pollers
 
 
 def state() -> dict:
