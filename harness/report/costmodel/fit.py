@@ -10,7 +10,7 @@ import numpy as np
 
 from harness.compute.modes import MODES
 from harness.report.costmodel.points import Point
-from harness.report.costmodel.predict import predict
+from harness.report.costmodel.predict import combine, predict
 from harness.report.costmodel.terms import Components, Compute
 from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, HEADER_BYTES, cell_payload
 
@@ -68,6 +68,48 @@ def _through_origin(pairs) -> float | None:
     """x minimising sum((t - B x) / t)^2 over (B, t) pairs: the relative fit of t = B x."""
     u = [b / t for b, t in pairs if t and t > 0]
     return sum(u) / sum(v * v for v in u) if u else None
+
+
+PATH_K = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
+LINK_SPREAD = 1.5  # goodputs further apart than this are two link rates (one link's runs vary by a few %)
+
+
+def _fit_path(samples, ks) -> tuple[float, float]:
+    """(path_Bps, k) with the least sum of squared relative errors of the wire time, samples being
+    (bytes, wire time, link time); the first k of ks wins a tie (1: in series, where the points
+    cannot tell)."""
+    best = None
+    for k in ks:
+        x, err = _path_for(samples, k)
+        if best is None or err < best[0] * (1 - 1e-9):
+            best = (err, x, k)
+    _, x, k = best
+    return (1 / x if x > 0 else math.inf), k
+
+
+def _path_for(samples, k: float) -> tuple[float, float]:
+    """x = 1 / path_Bps minimising the relative error for one k, and that error. In series (k = 1)
+    the least squares are closed-form; otherwise the best of the paths that fit one sample exactly
+    (and none), refined by golden-section search around it."""
+    def err(x):
+        return sum(((combine(a, b * x, k) - w) / w) ** 2 for b, w, a in samples)
+    if k == 1:
+        u = [b / w for b, w, _ in samples]
+        x = sum(ui * (w - a) / w for ui, (_, w, a) in zip(u, samples)) / sum(ui * ui for ui in u)
+        x = max(x, 0.0)
+        return x, err(x)
+    xs = [0.0]
+    for b, w, a in samples:
+        if w > a:
+            xs.append((w - a if math.isinf(k) else (w ** k - a ** k) ** (1 / k)) / b)
+    x = min(xs, key=err)
+    if x > 0:
+        lo, hi, g = x / 2, x * 2, (math.sqrt(5) - 1) / 2
+        for _ in range(60):
+            m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
+            lo, hi = (lo, m2) if err(m1) <= err(m2) else (m1, hi)
+        x = min((x, (lo + hi) / 2), key=err)
+    return x, err(x)
 
 
 def _payload(p: Point):
@@ -167,20 +209,24 @@ def fit(points: Iterable[Point]) -> Components:
     notes["d2h_Bps"] = f"fitted on {sum(1 for p in naive if p.measured.d2h_s)} naive cells" if d2h else \
         "no naive cell with a measured reply copy: not modelled (infinite rate)"
 
-    # the RPC path in series with the link: wire_s - calls x rtt - bytes/goodput = bytes x (1/path)
-    pairs = []
+    # the RPC path with the link: wire_s - calls x rtt = combine(bytes/goodput, bytes/path, k)
+    samples = []
     for p in remote:
         pay = _payload(p)
         if p.measured.wire_s is None or pay.total / pay.calls < CLOSURE_MIN_PAYLOAD:
             continue
         b = p.measured.bytes
-        pairs.append((b, p.measured.wire_s, p.measured.wire_s - pay.calls * p.link.rtt_s - b / p.link.goodput_Bps))
-    if pairs:
-        u = [b / w for b, w, _ in pairs]
-        x = sum(ui * (r / w) for ui, (_, w, r) in zip(u, pairs)) / sum(ui * ui for ui in u)
-        c = replace(c, path_Bps=1 / x if x > 0 else math.inf)
-        notes["path_Bps"] = (f"fitted on the wire time of {len(pairs)} cells moving >= 1 MB a call"
-                             + ("" if x > 0 else ": the path kept up with the link (infinite)"))
+        samples.append((b, p.measured.wire_s - pay.calls * p.link.rtt_s, b / p.link.goodput_Bps))
+    if samples:
+        rates = [b / a for b, _, a in samples if a > 0]  # goodput: one link's runs differ by a few %
+        spread = max(rates) / min(rates) if rates else 1.0
+        path, k = _fit_path(samples, PATH_K if spread > LINK_SPREAD else (1.0,))
+        c = replace(c, path_Bps=path, path_k=k)
+        notes["path_Bps"] = (f"fitted on the wire time of {len(samples)} cells moving >= 1 MB a call"
+                             + ("" if math.isfinite(path) else ": the path kept up with the link (infinite)"))
+        notes["path_k"] = (f"fitted with path_Bps over goodputs {min(rates) * 8e-9:.3g}-{max(rates) * 8e-9:.3g} "
+                           "Gbit/s" if spread > LINK_SPREAD else
+                           "one link rate cannot tell series from overlap: 1 (in series) assumed")
     else:
         notes["path_Bps"] = "no cell moving >= 1 MB a call with packet times: the link alone (infinite)"
 

@@ -74,6 +74,19 @@ def _bytes_overhead(c: Components, payload: int, calls: int, link: Link) -> floa
     return c.round_B + calls * c.framing_B + headers
 
 
+def combine(a: float, b: float, k: float) -> float:
+    """Two times of one transfer (the link's, the RPC path's), combined as their k-norm: k = 1 adds
+    them (one waits for the other), k = inf takes the larger (they overlap fully)."""
+    if math.isinf(k):
+        return max(a, b)
+    return a + b if k == 1 else (a ** k + b ** k) ** (1 / k)
+
+
+def wire_s(c: Components, wire_bytes: float, link: Link) -> float:
+    """Bytes through the link (its goodput) and the RPC path (its ceiling), combined by path_k."""
+    return combine(wire_bytes / link.goodput_Bps, wire_bytes / c.path_Bps, c.path_k)
+
+
 def predict(c: Components, p: Point) -> Prediction:
     mode = MODES[p.mode]
     kw = {"batch": p.batch} if p.batch != 1 else {}
@@ -86,7 +99,7 @@ def predict(c: Components, p: Point) -> Prediction:
         parts["calls"] = len(calls) * c.local_call_s
         return Prediction(sum(parts.values()), 0, 0, parts, compute.source)
     wire_bytes = payload.total + _bytes_overhead(c, payload.total, payload.calls, p.link)
-    parts["wire"] = wire_bytes / p.link.goodput_Bps + wire_bytes / c.path_Bps
+    parts["wire"] = wire_s(c, wire_bytes, p.link)
     parts["calls"] = len(calls) * c.call_s
     parts["round"] = c.round_s
     parts["rtt"] = len(calls) * c.rtts_per_call * p.link.rtt_s
@@ -102,7 +115,7 @@ def weight_load(c: Components, p: Point) -> Prediction:
     w = p.shape.weights_bytes
     wire_bytes = w + _bytes_overhead(c, w, 1, p.link)
     parts = dict.fromkeys(("compute", "wire", "load", "d2h", "calls", "round", "rtt"), 0.0)
-    parts |= {"wire": wire_bytes / p.link.goodput_Bps + wire_bytes / c.path_Bps, "load": w / c.load_Bps,
+    parts |= {"wire": wire_s(c, wire_bytes, p.link), "load": w / c.load_Bps,
               "calls": c.call_s, "rtt": c.rtts_per_call * p.link.rtt_s}
     return Prediction(sum(parts.values()), wire_bytes, w, parts, "no compute")
 

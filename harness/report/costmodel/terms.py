@@ -24,9 +24,13 @@ TERMS = {
                      "fitted: local cells' latency less their measured compute"),
     "goodput_Bps": ("bytes/s", "the link's TCP goodput with as many streams as the RPC channel has lanes",
                     "per point: iperf3 in the same run (machine_info.semantic_gap.link_check)"),
-    "path_Bps": ("bytes/s", "the RPC path's own ceiling, in series with the link: "
-                 "1/effective = 1/goodput + 1/path", "fitted: measured wire time of the cells moving >= 1 MB "
-                 "per call, less bytes/goodput; infinite where the path kept up with the link"),
+    "path_Bps": ("bytes/s", "the RPC path's own ceiling, combined with the link's by path_k: "
+                 "wire time = (link^k + path^k)^(1/k) of the two times", "fitted with path_k: measured wire "
+                 "time of the cells moving >= 1 MB per call; infinite where the path kept up with the link"),
+    "path_k": ("exponent", "how the RPC path and the link combine: 1 in series (their times add), inf "
+               "overlapped (the slower sets the pace), between: partly overlapped",
+               "fitted with path_Bps where the calibration has two link rates or more (the least relative "
+               "error over k in 1, 1.5, 2, 3, 4, 6, 8, inf), else 1: one link cannot tell them apart"),
     "load_Bps": ("bytes/s", "rate at which the naive worker lands what it receives (weights through pinned "
                  "staging, the cache) on the device", "fitted: naive cells' server_load_s + server_h2d_s"),
     "d2h_Bps": ("bytes/s", "rate at which the naive worker packs its reply (cache + logits) back to host "
@@ -76,6 +80,7 @@ class Components:
     framing_B: float
     segment_B: float
     round_B: float = 0.0
+    path_k: float = 1.0                             # 1: path and link in series; inf: overlapped
     compute: dict = field(default_factory=dict)     # Point.key -> Compute
     # what scaling compute to another model or GPU needs, and what the report shows beside the fit
     shapes: dict = field(default_factory=dict)      # Point.key -> Shape
