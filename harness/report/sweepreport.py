@@ -4,7 +4,7 @@
 
 - per point and cell: measured latency and link bytes;
 - the cost model (harness.report.costmodel) fitted on the grid's corners (the lowest and highest
-  link rate at the shortest and longest prompt: measure the extremes, predict the inside) and its
+  link rate, prompt and added round trip: measure the extremes, predict the inside) and its
   error on every other point, held out, per point and cell;
 - plots, PNG beside the README: latency against link rate per mode (log-log; measured points, the
   model's line through the grid), bytes per output token against context length, the measured time
@@ -42,13 +42,16 @@ def _grid_rate(p: cm.Point) -> float:
     return p.link.nominal_gbps or math.inf
 
 
+def _grid(p: cm.Point) -> tuple:
+    """A point's place in the grid: link rate, prompt length, added round trip."""
+    return _grid_rate(p), p.prompt_len, p.link.rtt_s
+
+
 def corners(points: list[cm.Point]) -> list[cm.Point]:
-    """The points at the grid's extremes: lowest and highest link rate x shortest and longest
-    prompt (all four where they differ), every cell of them."""
-    rates = sorted({_grid_rate(p) for p in points})
-    prompts = sorted({p.prompt_len for p in points})
-    keep = {(r, n) for r in (rates[0], rates[-1]) for n in (prompts[0], prompts[-1])}
-    return [p for p in points if (_grid_rate(p), p.prompt_len) in keep]
+    """The points at the grid's extremes: lowest or highest on every axis (link rate, prompt, added
+    round trip), every cell of them; an axis the sweep does not vary keeps its one value."""
+    ends = [(min(v), max(v)) for v in zip(*{_grid(p) for p in points})]
+    return [p for p in points if all(x in end for x, end in zip(_grid(p), ends))]
 
 
 def cell_rows(points: list[cm.Point]) -> list[dict]:
@@ -87,9 +90,9 @@ def write(folder: Path) -> list[Path]:
              f"JSON files here; do not edit by hand. The sweep's command and each point's status: `{SWEEP_INDEX}`.",
              "", "## Cells, measured", "", md_table(cell_rows(points)), "",
              "## The cost model on this sweep", "",
-             f"Fitted on the grid's corners ({len({(_grid_rate(p), p.prompt_len) for p in fit_on})} of "
-             f"{len({(_grid_rate(p), p.prompt_len) for p in points})} points: lowest and highest link rate at the "
-             "shortest and longest prompt), predicting every point; held out = not fitted on. Targets: "
+             f"Fitted on the grid's corners ({len({_grid(p) for p in fit_on})} of {len({_grid(p) for p in points})} "
+             "points: lowest and highest link rate, shortest and longest prompt, least and most round trip "
+             "added, where the sweep varies them), predicting every point; held out = not fitted on. Targets: "
              "latency within 10%, bytes within 1%.", "",
              f"Worst held-out error: latency {_pct(lat, 1)}, bytes {_pct(byt, 3)}.", "",
              md_table(summary_rows(ev)) if ev.held_out() else "No point is held out: the grid has only corners.",
