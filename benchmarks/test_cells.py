@@ -36,7 +36,7 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase,
     cell = make_cell(mode, phase)
     benchmark.group = phase
     benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
-                       rounds=opts.rounds, warmup_rounds=opts.warmup)
+                       rounds=opts.rounds, warmup_rounds=cell.cfg.warmup_rounds)
     assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
                            "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
     cell.measure_utilization(opts.util_samples)  # outside the timed rounds

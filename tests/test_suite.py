@@ -65,6 +65,10 @@ def test_six_cells_with_rounds_bytes_and_utilization(smoke):
     assert 100 < info["rpc_framing_bytes_per_call"] < 5_000, info["rpc_framing_bytes_per_call"]
     assert all(info["link_check"][f"iperf3_gbps_{n}_stream"] > 0 for n in (1, 4, 16)), info["link_check"]
     assert info["worker_malloc"] == "keep", info["worker_malloc"]
+    # naive prefill, a call a round, warms up until its worker's receive buffer has settled (2 calls)
+    warm = {name: sum(r["warmup"] for r in bench["extra_info"]["rounds"]) for name, bench in found.items()}
+    assert warm["test_cell[prefill-naive]"] == 2 and warm["test_cell[decode-naive]"] == 1, warm
+    assert all(n == 1 for name, n in warm.items() if "naive" not in name), warm
 
 
 def test_semantic_gap_shows_in_bytes(smoke):
