@@ -14,27 +14,24 @@ class WorkerHandle:
     lives, the worker does."""
 
     def __init__(self, rref):
-        self.rref = rref
-        self.owner = rref.owner()
-        self.key = rref.rpc_sync().key_remote()  # also waits until the worker is built
-
-    def rpc_sync(self) -> "_Methods":
-        return _Methods(self)
-
-
-class _Methods:
-    def __init__(self, handle: WorkerHandle):
-        self._handle = handle
-
-    def __getattr__(self, method: str):
         from torch.distributed import rpc
 
         from harness.compute.worker import invoke
-        handle = self._handle
+        self.rref = rref
+        self.key = rref.rpc_sync().key_remote()  # also waits until the worker is built
+        owner, key = rref.owner(), self.key
+        self._call = lambda method, args: rpc.rpc_sync(owner, invoke, args=(key, method, *args))
 
-        def remote(*args):
-            return rpc.rpc_sync(handle.owner, invoke, args=(handle.key, method, *args))
-        return remote
+    def rpc_sync(self) -> "_Methods":
+        return _Methods(self._call)
+
+
+class _Methods:
+    def __init__(self, call):
+        self._call = call
+
+    def __getattr__(self, method: str):
+        return lambda *args: self._call(method, args)
 
 
 def call(worker, method: str, *args):

@@ -55,19 +55,19 @@ def resolved(spec: EngineSpec, device) -> EngineSpec:
 
 
 class Slot:
-    """One session's KV cache and, for graphs, its captured forwards."""
+    """One session's KV cache and, for graphs, its captured decode step."""
 
     def __init__(self, cache):
         self.cache = cache
         self.length = 0         # positions filled, kept here so that reading it never syncs the device
-        self.graphs: dict[int, Captured] = {}  # graphs: tokens a forward takes (1: decode) -> its capture
+        self.step: Captured | None = None  # graphs: the decode step, once captured
 
 
 @dataclass
 class Captured:
-    """A forward captured as a CUDA graph: replay reads ids and writes logits at fixed addresses."""
+    """A decode step captured as a CUDA graph: replay reads ids and writes logits at fixed addresses."""
     graph: "torch.cuda.CUDAGraph"
-    ids: torch.Tensor       # [batch, n] input, on the device
+    ids: torch.Tensor       # [batch, 1] input, on the device
     logits: torch.Tensor    # [batch, vocab] output
 
 
@@ -113,10 +113,10 @@ class Engine:
         events = self._span
         events[0].record()
         with torch.inference_mode():
-            if not self._replayable(slot, ids):
+            if not self._replayable(ids):
                 logits = self._eager(slot.cache, ids)
             else:
-                step = slot.graphs.get(ids.shape[1]) or self._capture(slot, ids)
+                step = slot.step or self._capture(slot, ids)
                 events[0].record()  # after a capture: the span is the step, not the capture
                 step.ids.copy_(ids)
                 step.graph.replay()
@@ -125,7 +125,7 @@ class Engine:
         slot.length += ids.shape[1]
         return logits
 
-    def _replayable(self, slot: Slot, ids: torch.Tensor) -> bool:
+    def _replayable(self, ids: torch.Tensor) -> bool:
         """graphs replays decode steps only (the cache keeps its position on the device). A
         prompt stays eager: captured from position 0, llama-1b's prompt graph hit a device-side
         assert in SDPA on the H200 (transformers 5.24 shapes a prefill into an empty static cache
@@ -157,8 +157,8 @@ class Engine:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = self._eager(slot.cache, buf)
-        slot.graphs[ids.shape[1]] = step = Captured(graph, buf, logits)  # only a whole capture is kept
-        return step
+        slot.step = Captured(graph, buf, logits)  # only a whole capture goes back to the pool
+        return slot.step
 
     # -- the cache as tensors (the naive mode ships it) ------------------------------------
     def seq_len(self, slot: Slot) -> int:

@@ -42,9 +42,7 @@ class Testbed:
         from harness.compute.worker import RemoteWorker
         if (spec, engine) not in self.workers:
             rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device, engine))
-            handle = WorkerHandle(rref)  # waits until the skeleton is built
-            handle.rpc_sync().noop_remote()  # and the plain call's lanes are open
-            self.workers[spec, engine] = handle
+            self.workers[spec, engine] = WorkerHandle(rref)  # waits until the skeleton is built
         return self.workers[spec, engine]
 
     def backend(self, mode: str, spec: ModelSpec, weights, engine: EngineSpec = EngineSpec()):
