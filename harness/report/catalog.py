@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def describe_sweep(folder: Path, root: Path) -> str:
     last = index["invocations"][-1]
     return "\n".join([
         f"## `{folder.relative_to(root.parent)}` (a sweep)", "",
-        f"- command: `{' '.join(last['command'])}`",
+        f"- command: `{shlex.join(last['command'])}`",
         f"- {len(points)} points measured, commit {', '.join(commits) or 'none'}; its README.md has each "
         "point's cells, the cost model's held-out errors and the plots", ""])
 
@@ -70,7 +71,7 @@ def describe(path: Path, root: Path) -> str:
     return "\n".join([
         f"## `{path.parent.relative_to(root.parent)}`",
         "",
-        f"- command: `{' '.join(env['command'])}`",
+        f"- command: `{shlex.join(env['command'])}`",
         f"- commit {commit['id'][:12]} ({commit['time']}), run {data['datetime'][:19]} UTC",
         f"- GPU host: {card}, device {env['device']}; model {env['model']}, {env['dtype']}; prompt "
         f"{env['prompt_len']} tokens, decode = prefill + {env['steps']} steps; {env['warmup']} warm-up + "
