@@ -296,3 +296,33 @@ def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
     text = (folder / "README.md").read_text()
     assert "## Runs outside the sweep, predicted" in text and f"--predict {LLAMA.as_posix()}" in text
     assert sweepreport.main([str(tmp_path / "empty")]) == 2  # no points: one line, not a traceback
+
+
+def test_committed_extrapolation_regenerates_byte_identical(monkeypatch):
+    """An extrapolated run (python -m harness.report.extrapolate: a 10-step run's decode cells at 50
+    steps, labelled PREDICTED, with the procedure checked where 50 steps were measured) is generated:
+    its command, run again, writes the same README."""
+    from harness.report import extrapolate
+    committed = sorted(REPO.glob("results/*/*/" + extrapolate.README))
+    committed = [f for f in committed if "harness.report.extrapolate" in f.read_text()]
+    assert committed, "no extrapolated run under results/: run python -m harness.report.extrapolate"
+    monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
+    for readme in committed:
+        want = readme.read_text()
+        command = re.search(r"`(python -m harness\.report\.extrapolate [^`]+)`", want).group(1)
+        assert "PREDICTED" in want and "## The same procedure where every step was measured" in want
+        written = {}
+        monkeypatch.setattr(Path, "write_text", lambda self, text: written.setdefault(self, text))
+        assert extrapolate.main(command.split()[3:]) == 0
+        monkeypatch.undo()
+        monkeypatch.chdir(REPO)
+        assert list(written.values()) == [want], f"{readme} differs from a fresh run of: {command}"
+
+
+def test_extrapolate_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from harness.report import extrapolate
+    with pytest.raises(SystemExit) as e:
+        extrapolate.main(["--fit", str(LLAMA), "--steps", "50", "--check", str(LLAMA), "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--check and --check-fit go together" in capsys.readouterr().err
+    assert extrapolate.main(["--fit", str(tmp_path / "none.json"), "--steps", "50", "--out", str(tmp_path)]) == 2
+    assert "extrapolate: error:" in capsys.readouterr().err

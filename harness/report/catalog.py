@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.report.summary import load_infos
 from harness.report.tables import full_report
+from harness.report.extrapolate import README as EXTRAPOLATED
 from harness.sweep import INDEX as SWEEP_INDEX
 from harness.sweep import point_files
 
@@ -55,6 +56,19 @@ def describe_sweep(folder: Path, root: Path) -> str:
         f"- command: `{shlex.join(last['command'])}`",
         f"- {len(points)} points measured, commit {', '.join(commits) or 'none'}; its README.md has each "
         "point's cells, the cost model's held-out errors and the plots", ""])
+
+
+def predicted(root: Path) -> list[Path]:
+    """Folders of figures predicted, not measured (harness.report.extrapolate): a README, no run JSON."""
+    return sorted(p.parent for p in root.glob(f"*/*/{EXTRAPOLATED}")
+                  if not any(p.parent.glob("*.json")) and "harness.report.extrapolate" in p.read_text())
+
+
+def describe_predicted(folder: Path, root: Path) -> str:
+    lines = (folder / EXTRAPOLATED).read_text().splitlines()
+    return "\n".join([f"## `{folder.relative_to(root.parent)}` (predicted, not measured)", "",
+                      f"- {lines[0].lstrip('# ')}; its README.md has the command, the runs it was fitted on "
+                      "and the model's error where the same steps were measured", ""])
 
 
 def describe(path: Path, root: Path) -> str:
@@ -97,7 +111,8 @@ def _outcome(log: Path) -> list[str]:
 
 def catalog(root: Path) -> str:
     return "\n".join([HEADER, *(describe(p, root) for p in runs(root)),
-                      *(describe_sweep(f, root) for f in sweeps(root))])
+                      *(describe_sweep(f, root) for f in sweeps(root)),
+                      *(describe_predicted(f, root) for f in predicted(root))])
 
 
 def main(argv=None) -> int:
