@@ -103,7 +103,7 @@ def round_record(latency_s, gpu_sm_pct, nvml_util_pct=None, gpu_span_s=None, ana
 def test_utilization_long_round_keeps_dmon():
     u = utilization(round_record(2.0, 37.0, nvml_util_pct=41.5, gpu_span_s=0.5, analysis_s=0.02))
     assert u == {"util_dmon_sm_pct": 37.0, "util_dmon_note": None, "util_nvml_pct": 41.5,
-                 "util_gpu_span_fraction": 0.25, "analysis_share": 0.01}
+                 "util_gpu_span_fraction": 0.25, "analysis_share": 0.01, "sm_clock_mhz": None}
 
 
 def test_utilization_one_second_round_is_not_short():

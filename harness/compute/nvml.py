@@ -3,6 +3,11 @@
 NVML's utilization.gpu is the share of its last sample period (~1/6 s on recent cards) in
 which any kernel ran; polling every 20 ms sees each period several times, so the mean over a
 round is still a time-weighted busy share, with a resolution of about one NVML period.
+
+Beside it, the SM clock (MHz) at each poll: a GPU left idle (between short rounds, during a
+round trip) lowers its clocks, and a cell measured before they rise again runs slower than the
+same work in a cell that follows busy ones (on the H200 the local prefill, the first cell of a
+run, measured 1.5-2x the worker's own prefill compute; the clock says whether that is why).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ class NvmlSampler:
         self._nvml = pynvml
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(gpu_index)
         self.interval_s = interval_s
-        self._samples: list[int] = []
+        self._samples: list[tuple[int, int]] = []  # (utilization %, SM clock MHz)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -26,18 +31,27 @@ class NvmlSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def stop(self) -> tuple[float | None, int]:
-        """(mean utilization % over the samples, number of samples)."""
+    def stop(self) -> tuple[float | None, int, float | None]:
+        """(mean utilization %, number of samples, mean SM clock MHz) over the samples."""
         self._stop.set()
         if self._thread:
             self._thread.join()
         n = len(self._samples)
-        return (sum(self._samples) / n if n else None), n
+        clocks = [c for _, c in self._samples if c is not None]
+        return ((sum(u for u, _ in self._samples) / n if n else None), n,
+                (sum(clocks) / len(clocks) if clocks else None))
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            self._samples.append((self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu, self._sm_clock()))
             time.sleep(self.interval_s)
+
+    def _sm_clock(self) -> int | None:
+        """MHz, or None where the driver will not say (some virtual GPUs): utilization goes on."""
+        try:
+            return self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM)
+        except self._nvml.NVMLError:
+            return None
 
 
 def make_sampler(device) -> NvmlSampler | None:

@@ -207,9 +207,9 @@ class RemoteWorker:
             self.sampler.start()
         return self.sampler is not None
 
-    def gpu_sampler_stop_remote(self) -> tuple[float | None, int]:
-        """(mean NVML utilization %, samples) since start; (None, 0) without a GPU."""
-        return self.sampler.stop() if self.sampler else (None, 0)
+    def gpu_sampler_stop_remote(self) -> tuple[float | None, int, float | None]:
+        """(mean NVML utilization %, samples, mean SM clock MHz) since start; (None, 0, None) without a GPU."""
+        return self.sampler.stop() if self.sampler else (None, 0, None)
 
     def stats_remote(self) -> dict:
         import psutil

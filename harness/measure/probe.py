@@ -34,6 +34,7 @@ class ProbeReading:
     dmon_samples: int
     nvml_util_pct: float | None  # NVML utilization.gpu polled every 20 ms on the GPU host
     nvml_samples: int
+    nvml_sm_clock_mhz: float | None  # the SM clock at the same polls (harness.compute.nvml says why)
     control_bytes: int           # the sampler's start/stop calls: inside the capture, not the counters
     clock_offset_s: float        # GPU host's clock - client's; 0 on one kernel (the embedded default)
     clock_rtt_s: float | None    # round trip of the offset estimate (its error bound x 2); None: not estimated
@@ -53,6 +54,10 @@ class UtilWindow:
     dmon_samples: int
     nvml_util_pct: float | None
     nvml_samples: int
+    nvml_sm_clock_mhz: float | None = None
+
+
+NO_SAMPLER = (None, 0, None)  # what a sampler's stop() gives where none runs (no GPU, no NVML)
 
 
 class WorkerSampler:
@@ -65,7 +70,7 @@ class WorkerSampler:
     def start(self) -> None:
         call(self.worker, "gpu_sampler_start_remote")
 
-    def stop(self) -> tuple[float | None, int]:
+    def stop(self) -> tuple[float | None, int, float | None]:
         return tuple(call(self.worker, "gpu_sampler_stop_remote"))
 
     def clock(self) -> float:
@@ -79,8 +84,8 @@ CONTROL_SETTLE_S = 0.05
 class RoundProbe:
     def __init__(self, link: Link, capture: bool = True, dmon: bool = True,
                  workdir: Path | None = None, sampler=None):
-        """sampler: an object run on the GPU host with start(), stop() -> (mean %, samples) and
-        clock() -> its time.time()."""
+        """sampler: an object run on the GPU host with start(), stop() -> (mean %, samples, mean SM
+        clock MHz) and clock() -> its time.time()."""
         self.link = link
         self.sampler = sampler
         self.capture_on = capture
@@ -115,7 +120,7 @@ class RoundProbe:
     def stop(self) -> ProbeReading:
         c1 = stats(self.link.client_iface)  # first: nothing below is counted
         d = {k: c1[k] - self._c0[k] for k in c1}
-        nvml = self.sampler.stop() if self.sampler else (None, 0)
+        nvml = self.sampler.stop() if self.sampler else NO_SAMPLER
         post = stats(self.link.client_iface)
         control = sum(self._c0[k] - self._pre[k] + post[k] - c1[k] for k in ("tx_bytes", "rx_bytes"))
         sm, samples = self._stop_dmon()
@@ -136,7 +141,7 @@ class RoundProbe:
             run()
             runs += 1
         seconds = time.perf_counter() - t0
-        nvml = self.sampler.stop() if self.sampler else (None, 0)
+        nvml = self.sampler.stop() if self.sampler else NO_SAMPLER
         return UtilWindow(seconds, runs, *self._stop_dmon(inner=True), *nvml)
 
     def abort(self) -> None:

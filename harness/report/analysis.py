@@ -90,5 +90,6 @@ def utilization(r: dict) -> dict:
                                f"{DMON_PERIOD_S:.0f} s sample period: no honest average")
                               if short and r["gpu_sm_pct"] is not None else None,
             "util_nvml_pct": r["nvml_util_pct"],
+            "sm_clock_mhz": r.get("nvml_sm_clock_mhz"),  # runs before it was sampled have none
             "util_gpu_span_fraction": span / r["latency_s"] if span is not None and r["latency_s"] else None,
             "analysis_share": r["analysis_s"] / r["latency_s"] if r.get("analysis_s") is not None else None}

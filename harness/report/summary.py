@@ -35,7 +35,7 @@ ROUND_STATS = ("latency_s", "ttft_s", "tpot_s", "link_bytes", "pcap_bytes", "pay
 # ... and from each measured round's analysis (harness.report.analysis.analyse_round)
 ANALYSIS_STATS = ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_gpu_span_fraction", "wire_gbps",
                   "wire_vs_iperf", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio",
-                  "unattributed_s")
+                  "unattributed_s", "sm_clock_mhz")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class CellSummary:
     time_complete: bool                 # every part measured in every round
     window: dict | None = None          # harness.measure.probe.UtilWindow, where rounds were too short for dmon
     dissection: dict | None = None      # harness.measure.dissect.Dissection of the last measured round
+    sm_clock_mhz: Stat = Stat(None, None, 0)  # NVML's SM clock over the rounds (older runs: none)
 
     @property
     def sm_pct(self) -> tuple[float | None, str]:

@@ -70,6 +70,14 @@ CHECK_COLUMNS = ["Phase", "Mode", "Analytic payload", "pcap bytes", "Counter byt
                  "TCP (last round, tshark)"]
 
 
+def check_columns(infos) -> list[str]:
+    """CHECK_COLUMNS, with the SM clock beside NVML's utilization where the run sampled it."""
+    if not any(i.summary.sm_clock_mhz.n for i in infos):
+        return CHECK_COLUMNS
+    at = CHECK_COLUMNS.index("NVML util %") + 1
+    return [*CHECK_COLUMNS[:at], "SM clock MHz (NVML)", *CHECK_COLUMNS[at:]]
+
+
 def _num(v, fmt):
     return "n/a" if v is None else fmt(v)
 
@@ -92,6 +100,7 @@ def check_rows(infos) -> list[dict]:
             "dmon SM %": _num(dmon, lambda v: f"{v:.1f}") if dmon is not None or not s.util_dmon_note
                          else "n/a (< dmon period)",
             "NVML util %": _num(s.util_nvml_pct.mean, lambda v: f"{v:.1f}"),
+            "SM clock MHz (NVML)": _num(s.sm_clock_mhz.mean, lambda v: f"{v:.0f}"),
             "GPU span ÷ wall": _num(s.util_gpu_span_fraction.mean, lambda v: f"{v:.2f}"),
             "RPC path Gbit/s (÷ iperf3)": _rpc_path(MODES[info.mode], s.wire_gbps.mean, s.wire_vs_iperf.mean),
             "TCP (last round, tshark)": _tcp(s.dissection),
@@ -313,7 +322,7 @@ def full_report(infos, controls: dict | None = None, env: dict | None = None) ->
            "weight load added to its round):\n" + markdown_table(gaps, GAP_COLUMNS)] if gaps else []),
         "Measurement checks (means over measured rounds; iperf3 with as many streams as the RPC "
         f"channel has lanes; RPC-bound: under {RPC_BOUND:.0%} of it, the RPC path and not the link sets "
-        "the naive mode's pace):\n" + markdown_table(check_rows(infos), CHECK_COLUMNS),
+        "the naive mode's pace):\n" + markdown_table(check_rows(infos), check_columns(infos)),
         *(["Physical floor per round (s): what the link (iperf3, as many streams as lanes), the bus "
            "(pinned copies) and the GPU (the local cell's forward time) allow; the naive worker "
            "receives, loads, computes and replies in sequence, so its floor is their sum, and a "
