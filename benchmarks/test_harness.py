@@ -9,7 +9,7 @@ import torch
 
 from fixtures.cells import report_target_misses
 from fixtures.options import suite_options
-from harness.compute.baseline import compare
+from harness.compute.baseline import compare, gap_cost
 from harness.compute.models import forward_step, load_config, prompt_ids
 from harness.report.invariants import probe_overhead_miss
 from harness.compute.phase import run_phase
@@ -25,6 +25,22 @@ def test_local_loop_vs_generate(benchmark, client_models, gap_controls, request)
     result = benchmark.pedantic(compare, args=(model, prompt, opts.steps, opts.engine_spec), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     gap_controls["local_vs_generate"] = result
+
+
+@pytest.mark.cell
+def test_control_local_step_after_gap(benchmark, client_models, gap_controls, request):
+    """The local decode step with and without the GPU idle between steps for as long as an empty
+    RPC takes after a wait (1 ms where the run has no RPC control): what a round trip a step costs
+    the GPU's own work, beside what it costs in the RPC (the TPOT check shows both)."""
+    opts = suite_options(request.config)
+    model = client_models("local")
+    prompt = prompt_ids(load_config(opts.spec), opts.prompt_len, opts.seed, opts.batch)
+    gap_s = (gap_controls.get("rpc_noop") or {}).get("rtt_after_idle_s") or 1e-3
+    benchmark.group = "baseline"
+    result = benchmark.pedantic(gap_cost, args=(model, prompt, opts.steps, gap_s, opts.engine_spec),
+                                rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    gap_controls["local_gap"] = result
 
 
 @pytest.mark.cell

@@ -59,3 +59,30 @@ def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeat
     lm, gm = statistics.median(loop), statistics.median(gen)
     return {"tpot_loop_s": lm, "tpot_generate_s": gm, "loop_over_generate": lm / gm,
             "tpot_loop_all_s": loop, "tpot_generate_all_s": gen}
+
+
+def _spin(seconds: float) -> None:
+    """Wait on the CPU, awake: only the GPU goes idle, as it does while a step's round trip runs."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
+    """What the GPU's idle time between steps costs a step, with no RPC: the local loop's time per
+    token with and without a wait of gap_s between steps (the wait itself not timed), alternating,
+    medians. A remote step leaves the GPU idle for a round trip; on the H200 the local llama-1b step
+    went from 3.06 to 3.25 ms after a 1 ms gap, its copies of the ids in and the token out doubling
+    (scripts/diagnose_step_gap.py). The part of sys_simulated's extra time per token that is the
+    GPU's, not the RPC's."""
+    backend = LocalBackend(model, resolved(engine, next(model.parameters()).device))
+    wait = lambda i, n: _spin(gap_s)  # run_phase calls it after each forward, outside the step's time
+    run_phase(backend, prompt, "decode", 2), run_phase(backend, prompt, "decode", 2, wait)  # warm both
+    plain, gapped = [], []
+    for _ in range(repeats):
+        plain.append(run_phase(backend, prompt, "decode", steps).tpot_s)
+        gapped.append(run_phase(backend, prompt, "decode", steps, wait).tpot_s)
+    backend.end()
+    p, g = statistics.median(plain), statistics.median(gapped)
+    return {"gap_s": gap_s, "tpot_no_gap_s": p, "tpot_gap_s": g, "gap_cost_s": g - p,
+            "tpot_no_gap_all_s": plain, "tpot_gap_all_s": gapped}

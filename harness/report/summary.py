@@ -146,7 +146,8 @@ class CellInfo:
 
 
 CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead",
-                 "test_serialisation_alone": "serialisation", "test_control_rpc_noop": "rpc_noop"}
+                 "test_serialisation_alone": "serialisation", "test_control_rpc_noop": "rpc_noop",
+                 "test_control_local_step_after_gap": "local_gap"}
 
 
 def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict]:

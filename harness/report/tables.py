@@ -231,7 +231,7 @@ def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
     mode_of = {i.name: MODES[i.mode] for i in infos}
     rows = [_link_row(link), _rpc_path_row(summaries, mode_of), _probe_cost_row(controls.get("capture_overhead")),
             _analysis_row(summaries, mode_of), _baseline_row(controls.get("local_vs_generate")),
-            _tpot_row(infos, controls.get("rpc_noop")),
+            _tpot_row(infos, controls.get("rpc_noop"), controls.get("local_gap")),
             _closure_row(summaries), _time_sum_row(summaries),
             _serialisation_row(summaries, controls.get("serialisation"))]
     return [{"Check": c, "Figure": f, "Target": t} for c, f, t in filter(None, rows)]
@@ -270,17 +270,20 @@ def _analysis_row(summaries, mode_of):
 TPOT_SLACK_S = 0.5e-3  # what the semantic design may cost a token beyond one round trip
 
 
-def _tpot_row(infos, noop):
+def _tpot_row(infos, noop, gap=None):
     """sys_simulated's time per output token beyond local's, against one empty round trip (back to
-    back, and after a decode step's idle time where the run measured it) + TPOT_SLACK_S."""
+    back, and after a decode step's idle time where the run measured it) + TPOT_SLACK_S; beside it,
+    where measured, what the GPU's idle time between steps costs a local step (no RPC in it)."""
     tpot = {i.mode: i.summary.tpot_s.mean for i in infos if i.phase == "decode"}
     if not noop or tpot.get("local") is None or tpot.get("sys_simulated") is None:
         return None
     extra = tpot["sys_simulated"] - tpot["local"]
     idle = noop.get("rtt_after_idle_s")
     after = f"; after {noop['idle_s'] * 1e3:g} ms idle {idle * 1e3:.3f} ms" if idle else ""
+    gpu = (f"; a local step after the GPU idled {gap['gap_s'] * 1e3:.3f} ms: {gap['gap_cost_s'] * 1e3:+.3f} ms"
+           if gap else "")
     return ("sys_simulated TPOT − local TPOT, against the empty RPC round trip",
-            f"{extra * 1e3:.3f} ms (round trip {noop['rtt_s'] * 1e3:.3f} ms back to back{after})",
+            f"{extra * 1e3:.3f} ms (round trip {noop['rtt_s'] * 1e3:.3f} ms back to back{after}{gpu})",
             f"<= round trip + {TPOT_SLACK_S * 1e3:g} ms = {(noop['rtt_s'] + TPOT_SLACK_S) * 1e3:.3f} ms")
 
 
