@@ -298,25 +298,25 @@ def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
     assert sweepreport.main([str(tmp_path / "empty")]) == 2  # no points: one line, not a traceback
 
 
-def test_committed_extrapolation_regenerates_byte_identical(monkeypatch):
+def test_committed_extrapolation_regenerates_byte_identical(monkeypatch, tmp_path):
     """An extrapolated run (python -m harness.report.extrapolate: a 10-step run's decode cells at 50
     steps, labelled PREDICTED, with the procedure checked where 50 steps were measured) is generated:
     its command, run again, writes the same README."""
     from harness.report import extrapolate
-    committed = sorted(REPO.glob("results/*/*/" + extrapolate.README))
-    committed = [f for f in committed if "harness.report.extrapolate" in f.read_text()]
+    committed = [f for f in sorted(REPO.glob("results/*/*/" + extrapolate.README))
+                 if "harness.report.extrapolate" in f.read_text()]
     assert committed, "no extrapolated run under results/: run python -m harness.report.extrapolate"
     monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
-    for readme in committed:
+    for i, readme in enumerate(committed):
         want = readme.read_text()
-        command = re.search(r"`(python -m harness\.report\.extrapolate [^`]+)`", want).group(1)
         assert "PREDICTED" in want and "## The same procedure where every step was measured" in want
-        written = {}
-        monkeypatch.setattr(Path, "write_text", lambda self, text: written.setdefault(self, text))
-        assert extrapolate.main(command.split()[3:]) == 0
-        monkeypatch.undo()
-        monkeypatch.chdir(REPO)
-        assert list(written.values()) == [want], f"{readme} differs from a fresh run of: {command}"
+        command = re.search(r"`(python -m harness\.report\.extrapolate [^`]+)`", want).group(1)
+        out = readme.parent.relative_to(REPO).as_posix()
+        assert f"--out {out}" in command, f"{readme}: its command writes elsewhere ({command})"
+        fresh = tmp_path / str(i)
+        assert extrapolate.main(command.replace(f"--out {out}", f"--out {fresh}").split()[3:]) == 0
+        got = (fresh / extrapolate.README).read_text().replace(f"--out {fresh}", f"--out {out}")
+        assert got == want, f"{readme} differs from a fresh run of: {command}"
 
 
 def test_extrapolate_says_what_is_wrong_in_one_line(tmp_path, capsys):

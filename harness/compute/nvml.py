@@ -54,6 +54,9 @@ class NvmlSampler:
             return None
 
 
+NO_SAMPLES = (None, 0, None)  # stop()'s answer where no sampler runs (no GPU, no NVML)
+
+
 def make_sampler(device) -> NvmlSampler | None:
     """A sampler for a CUDA device, or None (CPU, or no NVML)."""
     if getattr(device, "type", str(device)) != "cuda":

@@ -34,7 +34,7 @@ import torch
 from harness.compute import hostmem
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device
-from harness.compute.nvml import make_sampler
+from harness.compute.nvml import NO_SAMPLES, make_sampler
 from harness.compute.packing import Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock
@@ -209,7 +209,7 @@ class RemoteWorker:
 
     def gpu_sampler_stop_remote(self) -> tuple[float | None, int, float | None]:
         """(mean NVML utilization %, samples, mean SM clock MHz) since start; (None, 0, None) without a GPU."""
-        return self.sampler.stop() if self.sampler else (None, 0, None)
+        return self.sampler.stop() if self.sampler else NO_SAMPLES
 
     def stats_remote(self) -> dict:
         import psutil

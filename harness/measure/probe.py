@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.compute.calls import call
+from harness.compute.nvml import NO_SAMPLES
 from harness.measure.clocks import clock_offset
 from harness.measure.dmon import DmonMonitor, parse_dmon
 from harness.measure.pcap import read_pcap
@@ -55,9 +56,6 @@ class UtilWindow:
     nvml_util_pct: float | None
     nvml_samples: int
     nvml_sm_clock_mhz: float | None = None
-
-
-NO_SAMPLER = (None, 0, None)  # what a sampler's stop() gives where none runs (no GPU, no NVML)
 
 
 class WorkerSampler:
@@ -120,7 +118,7 @@ class RoundProbe:
     def stop(self) -> ProbeReading:
         c1 = stats(self.link.client_iface)  # first: nothing below is counted
         d = {k: c1[k] - self._c0[k] for k in c1}
-        nvml = self.sampler.stop() if self.sampler else NO_SAMPLER
+        nvml = self.sampler.stop() if self.sampler else NO_SAMPLES
         post = stats(self.link.client_iface)
         control = sum(self._c0[k] - self._pre[k] + post[k] - c1[k] for k in ("tx_bytes", "rx_bytes"))
         sm, samples = self._stop_dmon()
@@ -141,7 +139,7 @@ class RoundProbe:
             run()
             runs += 1
         seconds = time.perf_counter() - t0
-        nvml = self.sampler.stop() if self.sampler else NO_SAMPLER
+        nvml = self.sampler.stop() if self.sampler else NO_SAMPLES
         return UtilWindow(seconds, runs, *self._stop_dmon(inner=True), *nvml)
 
     def abort(self) -> None:
