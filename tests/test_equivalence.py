@@ -122,3 +122,18 @@ def test_a_decode_step_is_one_message_each_way(gap_testbed):
     packets = sum(after[k] - before[k] for k in ("tx_packets", "rx_packets")) / calls
     # a request and a reply, each a few segments (TensorPipe writes a message's parts apart), their ACKs
     assert packets < 18, f"{packets:.1f} packets a decode call: more messages than request and reply"
+
+
+def test_gap_cost_times_the_same_steps_with_and_without_the_wait(monkeypatch):
+    """harness.compute.baseline.gap_cost (the TPOT check's GPU part, run on CUDA only): the local
+    loop's time per token with and without a wait after every forward of the gapped runs, alternating."""
+    from harness.compute import baseline
+    waits = []
+    monkeypatch.setattr(baseline, "_spin", waits.append)
+    spec = ModelSpec("tiny", "fp32")
+    model = build_model(spec, "cpu")
+    prompt = prompt_ids(load_config(spec), 8, 0)
+    out = baseline.gap_cost(model, prompt, 4, 0.002, EngineSpec("static", max_len=16), repeats=3)
+    assert out["gap_s"] == 0.002 and len(out["tpot_gap_all_s"]) == len(out["tpot_no_gap_all_s"]) == 3
+    assert out["gap_cost_s"] == pytest.approx(out["tpot_gap_s"] - out["tpot_no_gap_s"])
+    assert waits == [0.002] * ((2 + 1) + 3 * (4 + 1)), "a wait after every forward of the gapped runs only"
