@@ -292,6 +292,7 @@ def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
                            "time_breakdown.png", *(["utilization.png"] if gpu else [])}, src
     text = (folder / "README.md").read_text()
     assert "Worst held-out error: latency" in text and "| yes |" in text and "| no (fitted on) |" in text
+    assert "## How far the machine repeats itself" in text, "the local cells' spread across points"
     sweepreport.write(folder, [LLAMA])  # a run outside the sweep: its cells predicted, with errors
     text = (folder / "README.md").read_text()
     assert "## Runs outside the sweep, predicted" in text and f"--predict {LLAMA.as_posix()}" in text

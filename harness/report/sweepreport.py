@@ -57,9 +57,26 @@ def corners(points: list[cm.Point]) -> list[cm.Point]:
 
 
 def cell_rows(points: list[cm.Point]) -> list[dict]:
-    return [{"Point": p.label, "Latency (s)": f"{p.measured.latency_s:.4f}",
+    return [{"Point": p.label, "Latency (s, median round)": f"{p.measured.latency_s:.4f}",
              "Link bytes": human_bytes(p.measured.bytes), "Run": Path(p.run.path).name if p.run else ""}
             for p in points]
+
+
+def repeatability_rows(points: list[cm.Point]) -> list[dict]:
+    """The local cells at each prompt length across the sweep's points: the link and the round trip
+    do not touch them, so their spread is how far the machine repeats itself from one point's
+    process to the next, a floor under any model's error on the cells that compute."""
+    rows = []
+    for phase in ("prefill", "decode"):
+        for prompt in sorted({p.prompt_len for p in points}):
+            same = [p.measured.latency_s for p in points
+                    if p.mode == "local" and p.phase == phase and p.prompt_len == prompt]
+            if len(same) > 1:
+                lo, hi = min(same), max(same)
+                rows.append({"Cell": f"{phase}-local", "Prompt": prompt, "Points": len(same),
+                             "Fastest (s)": f"{lo:.4f}", "Slowest (s)": f"{hi:.4f}",
+                             "Slowest ÷ fastest": f"{hi / lo:.2f}"})
+    return rows
 
 
 def summary_rows(ev: cm.Evaluation) -> list[dict]:
@@ -104,11 +121,23 @@ def write(folder: Path, predict: list[Path] = ()) -> list[Path]:
              md_table(summary_rows(ev)) if ev.held_out() else "No point is held out: the grid has only corners.",
              "", md_table(cm.eval_rows(ev)), "", "Components of this fit:", "",
              md_table(cm.component_rows(ev.components), ["Term", "Value", "Unit", "From"]), "",
+             *_repeatability(points),
              *outside(points, predict), "## Plots", "",
              *[f"![{p.stem}]({p.name})" for p in pngs], ""]
     readme = folder / README
     readme.write_text("\n".join(lines))
     return [readme, *pngs]
+
+
+def _repeatability(points: list[cm.Point]) -> list[str]:
+    rows = repeatability_rows(points)
+    if not rows:
+        return []
+    return ["## How far the machine repeats itself", "",
+            "The local cells do not use the link: across the points they are the same work, measured in "
+            "another process at another time. Their spread bounds how close any model can come to the cells "
+            "that compute (local, and sys_simulated, which is mostly compute).", "",
+            md_table(rows), ""]
 
 
 def outside(points: list[cm.Point], runs: list[Path]) -> list[str]:
