@@ -42,7 +42,7 @@ def predicted_rows(c: cm.Components, points: list[cm.Point], steps: int) -> list
     for p, q in zip([p for p in points if p.phase == "decode"], at_steps(points, steps)):
         fitted, pred = cm.predict(c, p), cm.predict(c, q)
         rows.append({"Cell": p.label, "Steps measured": p.steps,
-                     "Latency measured (s, median round)": f"{p.measured.latency_s:.4f}",
+                     "Latency measured (s)": f"{p.measured.latency_s:.4f}",
                      "Model at those steps (s)": f"{fitted.latency_s:.4f}",
                      "In-sample error": f"{fitted.latency_s / p.measured.latency_s - 1:+.1%}",
                      f"PREDICTED, {steps} steps, model (s)": f"{pred.latency_s:.4f}",

@@ -307,7 +307,7 @@ def calibration_page(calibs: list[tuple[str, cm.Components]], points: dict, comm
     return "\n".join(lines) + "\n"
 
 
-_EVAL_COLUMNS = ["Point", "Held out", "Latency measured (s, median round)", "Latency predicted (s)", "Latency error",
+_EVAL_COLUMNS = ["Point", "Held out", "Latency measured (s)", "Latency predicted (s)", "Latency error",
                  "Bytes measured", "Bytes predicted", "Bytes error"]
 
 

@@ -57,7 +57,7 @@ def corners(points: list[cm.Point]) -> list[cm.Point]:
 
 
 def cell_rows(points: list[cm.Point]) -> list[dict]:
-    return [{"Point": p.label, "Latency (s, median round)": f"{p.measured.latency_s:.4f}",
+    return [{"Point": p.label, "Latency (s)": f"{p.measured.latency_s:.4f}",
              "Link bytes": human_bytes(p.measured.bytes), "Run": Path(p.run.path).name if p.run else ""}
             for p in points]
 

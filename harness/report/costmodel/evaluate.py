@@ -117,7 +117,7 @@ def eval_rows(e: Evaluation) -> list[dict]:
         m, p = r.point.measured, r.prediction
         be = r.bytes_error
         out.append({"Point": r.point.label, "Held out": "yes" if r.held_out else "no (fitted on)",
-                    "Latency measured (s, median round)": f"{m.latency_s:.4f}", "Latency predicted (s)": f"{p.latency_s:.4f}",
+                    "Latency measured (s)": f"{m.latency_s:.4f}", "Latency predicted (s)": f"{p.latency_s:.4f}",
                     "Latency error": f"{r.latency_error:+.1%}",
                     "Bytes measured": human_bytes(m.bytes), "Bytes predicted": human_bytes(p.bytes),
                     "Bytes error": "n/a (local)" if be is None else f"{be:+.3%}",

@@ -3,7 +3,6 @@ calibration and sweep JSONs (load_points, load_all). See harness.report.costmode
 from __future__ import annotations
 
 import re
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -39,8 +38,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Measured:
-    latency_s: float                # the median of the measured rounds: a shared machine's one-off
-                                    # stall is not the cell's (the CPU box: rounds of 1.53 and 0.60 s)
+    latency_s: float
     bytes: float                    # link counters, both directions, mean over measured rounds
     payload_bytes: float            # counted from the tensors sent
     compute_s: float | None         # server_compute_s
@@ -150,11 +148,6 @@ def _mean_steps(info) -> tuple:
     return tuple(sum(s[i] for s in steps) / len(steps) for i in range(n)) if n else ()
 
 
-def _median_latency(info) -> float | None:
-    rounds = [r["latency_s"] for r in info.measured if r.get("latency_s") is not None]
-    return statistics.median(rounds) if rounds else None
-
-
 def load_points(path: Path | str) -> list[Point]:
     """One Point per cell of one pytest-benchmark JSON (a calibration run, or one point of a sweep)."""
     from harness.report.summary import load_infos
@@ -176,7 +169,7 @@ def load_points(path: Path | str) -> list[Point]:
             vals = [t.get(k) for k in keys]
             return None if any(v is None for v in vals) else sum(vals)
         measured = Measured(
-            latency_s=_median_latency(info) or s.latency_s.mean, bytes=s.link_bytes.mean or 0.0,
+            latency_s=s.latency_s.mean, bytes=s.link_bytes.mean or 0.0,
             payload_bytes=(s.payload_tx_bytes.mean or 0) + (s.payload_rx_bytes.mean or 0),
             compute_s=part("server_compute_s"),
             load_s=part("server_load_s", "server_h2d_s") if mode.stateless else None,
