@@ -35,7 +35,7 @@ def wait(kind: str, s: float) -> None:
             pass
 
 
-def decode(backend, prompt, steps: int, gap: tuple[str, float], server: bool) -> dict:
+def decode(backend, prompt, steps: int, gap: tuple[str, float]) -> dict:
     """Median per-step parts (ms) over steps, after 5 unmeasured steps."""
     tokens = backend.prefill(prompt)
     rows = []
@@ -76,11 +76,11 @@ def measure(args) -> None:
         model = build_model(spec, "cuda" if cuda else "cpu")
         local = LocalBackend(model, engine)
         for gap in (("none", 0), ("sleep", 0.001), ("spin", 0.001), ("sleep", 0.004)):
-            show(f"local, gap {gap[0]} {gap[1] * 1e3:g} ms", decode(local, prompt, args.steps, gap, False))
+            show(f"local, gap {gap[0]} {gap[1] * 1e3:g} ms", decode(local, prompt, args.steps, gap))
         sampler = make_sampler(torch.device("cuda")) if cuda else None
         if sampler:
             sampler.start()
-            show("local, NVML sampler thread, no gap", decode(local, prompt, args.steps, ("none", 0), False))
+            show("local, NVML sampler thread, no gap", decode(local, prompt, args.steps, ("none", 0)))
             sampler.stop()
         del local, model
         if cuda:
@@ -88,10 +88,10 @@ def measure(args) -> None:
     weights = pack(build_model(spec, "cpu").state_dict())
     with tb.testbed(link_gbps=args.link_gbps) as bed:
         sys_backend = bed.backend("sys_simulated", spec, weights, engine)
-        show("worker (sys_simulated), no gap", decode(sys_backend, prompt, args.steps, ("none", 0), True))
+        show("worker (sys_simulated), no gap", decode(sys_backend, prompt, args.steps, ("none", 0)))
         handle = bed.worker(spec, engine)
         handle.rpc_sync().gpu_sampler_start_remote()
-        show("worker, NVML sampler on", decode(sys_backend, prompt, args.steps, ("none", 0), True))
+        show("worker, NVML sampler on", decode(sys_backend, prompt, args.steps, ("none", 0)))
         handle.rpc_sync().gpu_sampler_stop_remote()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.report import costmodel as cm
 from harness.report.cli import report_written
-from harness.report.sweepreport import md_table
+from harness.report.sweepreport import grid, md_table
 from harness.report.units import human_bytes
 
 README = "README.md"
@@ -53,8 +53,8 @@ def predicted_rows(c: cm.Components, points: list[cm.Point], steps: int) -> list
 
 
 def _cell(p: cm.Point) -> tuple:
-    """A cell on a link, whatever its step count (and the iperf3 figure its run measured)."""
-    return p.model, p.mode, p.phase, p.prompt_len, p.link.nominal_gbps, p.link.rtt_s
+    """A cell at a place in the grid, whatever its step count."""
+    return p.model, p.mode, p.phase, *grid(p)
 
 
 def check_lines(fit_on: list[Path], runs: list[Path]) -> list[str]:

@@ -44,7 +44,7 @@ def _grid_rate(p: cm.Point) -> float:
     return p.link.nominal_gbps or math.inf
 
 
-def _grid(p: cm.Point) -> tuple:
+def grid(p: cm.Point) -> tuple:
     """A point's place in the grid: link rate, prompt length, added round trip."""
     return _grid_rate(p), p.prompt_len, p.link.rtt_s
 
@@ -52,8 +52,8 @@ def _grid(p: cm.Point) -> tuple:
 def corners(points: list[cm.Point]) -> list[cm.Point]:
     """The points at the grid's extremes: lowest or highest on every axis (link rate, prompt, added
     round trip), every cell of them; an axis the sweep does not vary keeps its one value."""
-    ends = [(min(v), max(v)) for v in zip(*{_grid(p) for p in points})]
-    return [p for p in points if all(x in end for x, end in zip(_grid(p), ends))]
+    ends = [(min(v), max(v)) for v in zip(*{grid(p) for p in points})]
+    return [p for p in points if all(x in end for x, end in zip(grid(p), ends))]
 
 
 def cell_rows(points: list[cm.Point]) -> list[dict]:
@@ -113,7 +113,7 @@ def write(folder: Path, predict: list[Path] = ()) -> list[Path]:
              f"JSON files here; do not edit by hand. The sweep's command and each point's status: `{SWEEP_INDEX}`.",
              "", "## Cells, measured", "", md_table(cell_rows(points)), "",
              "## The cost model on this sweep", "",
-             f"Fitted on the grid's corners ({len({_grid(p) for p in fit_on})} of {len({_grid(p) for p in points})} "
+             f"Fitted on the grid's corners ({len({grid(p) for p in fit_on})} of {len({grid(p) for p in points})} "
              "points: lowest and highest link rate, shortest and longest prompt, least and most round trip "
              "added, where the sweep varies them), predicting every point; held out = not fitted on. Targets: "
              "latency within 10%, bytes within 1%.", "",
@@ -149,7 +149,7 @@ def outside(points: list[cm.Point], runs: list[Path]) -> list[str]:
     ev = cm.evaluate(points + them, points, them)
     steps = sorted({p.steps for p in them})
     return ["## Runs outside the sweep, predicted", "",
-            f"Fitted on every point of this sweep ({len({_grid(p) for p in points})} points, decode steps "
+            f"Fitted on every point of this sweep ({len({grid(p) for p in points})} points, decode steps "
             f"{', '.join(str(n) for n in sorted({p.steps for p in points}))}), predicting every cell of "
             f"{', '.join(f'`{r.as_posix()}`' for r in runs)} (decode steps {', '.join(map(str, steps))}). "
             f"Worst error: latency {_pct(ev.worst()[0], 1)}, bytes {_pct(ev.worst()[1], 3)}.", "",
