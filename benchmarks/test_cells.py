@@ -2,6 +2,9 @@
 own cost. `pytest benchmarks -k decode` runs the three decode cells."""
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
 
 from fixtures.cells import baseline_gate, report_target_misses
@@ -11,21 +14,34 @@ from harness.compute.phase import PHASES
 from harness.report.invariants import check_cell, target_misses
 
 CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
-IDLE_S = 0.005  # a decode step's length (H200: gpt2 1 ms, llama-1b 3.4 ms, the 8B 8 ms)
+IDLE_S = 0.005  # a decode step's length where the run has no local decode cell (H200: gpt2 1 ms,
+                # llama-1b 3.4 ms, the 8B 8 ms)
+CALLS = 30
 
 
-def idle_rtt(call, idle_s: float, n: int = 30) -> float:
-    """The median round trip of call() after idle_s without traffic, as a decode step's RPC waits
-    for the GPU between calls: idle threads and CPUs wake more slowly than back-to-back calls keep
-    them (the 2-core CPU machine: 1.0 ms back to back, 2.6 ms after 5 ms idle)."""
-    import statistics
-    import time
+def idle_rtt(call, idle_s: float, n: int = CALLS) -> float:
+    """The median round trip of call() after idle_s without traffic on either host: idle threads
+    and CPUs wake more slowly than back-to-back calls keep them (the 2-core CPU machine: 1.0 ms
+    back to back, 2.6 ms after 5 ms idle)."""
     times = []
     for _ in range(n):
         time.sleep(idle_s)
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def step_rtt(hold, hold_s: float, n: int = CALLS) -> float:
+    """The median round trip of an empty call whose server side stays busy for hold_s (a decode
+    step's work), less the time held: a decode step's RPC as it happens, the client waiting on a
+    busy server and calling again at once, with no model in it."""
+    hold(hold_s)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        held = hold(hold_s)
+        times.append(time.perf_counter() - t0 - held)
     return statistics.median(times)
 
 
@@ -51,14 +67,20 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase,
 
 
 @pytest.mark.cell
-def test_control_rpc_noop(benchmark, gap_testbed, gap_controls, request):
-    """What one RPC round trip costs with no work behind it: the floor under every remote step."""
+def test_control_rpc_noop(benchmark, gap_testbed, gap_results, gap_controls, request):
+    """What one RPC round trip costs with no work behind it: the floor under every remote step.
+    Beside the back-to-back figure, after both hosts idled, and across a server busy for as long
+    as this run's local decode step took (a decode step's pattern)."""
     opts = suite_options(request.config)
     worker = gap_testbed.worker(opts.spec, opts.engine_spec)
     benchmark.group = "control"
     proxy = worker.rpc_sync()
     benchmark.pedantic(proxy.noop_remote, rounds=50, warmup_rounds=5)
+    local = gap_results.get("decode-local")
+    hold_s = (local and local.summary.tpot_s.mean) or IDLE_S
     gap_controls["rpc_noop"] = {"rtt_s": benchmark.stats.stats.median,
                                 "rtt_after_idle_s": idle_rtt(proxy.noop_remote, IDLE_S),
-                                "idle_s": IDLE_S}
+                                "idle_s": IDLE_S,
+                                "rtt_in_step_s": step_rtt(proxy.hold_remote, hold_s),
+                                "hold_s": hold_s}
     benchmark.extra_info.update(gap_controls["rpc_noop"])

@@ -71,6 +71,16 @@ def test_six_cells_with_rounds_bytes_and_utilization(smoke):
     assert all(n == 1 for name, n in warm.items() if "naive" not in name), warm
 
 
+def test_rpc_control_measures_a_decode_steps_pattern(smoke):
+    """The empty RPC's round trip across a server held busy for this run's local decode step,
+    less the time held: positive, and held for the local cell's own time per token."""
+    _, data, _ = smoke
+    (noop,) = [b for b in data["benchmarks"] if b["name"] == "test_control_rpc_noop"]
+    local = cells(data)["test_cell[decode-local]"]["extra_info"]["summary"]
+    assert noop["extra_info"]["hold_s"] == local["tpot_s"]["mean"], (noop["extra_info"], local["tpot_s"])
+    assert 0 < noop["extra_info"]["rtt_in_step_s"] < 1, noop["extra_info"]
+
+
 def test_semantic_gap_shows_in_bytes(smoke):
     """The link bytes against the analytic payload (harness.report.payload_model: from the model's
     shape alone, not from what the run counted). Each round of a remote cell carries its payload

@@ -235,7 +235,7 @@ def test_a_batch_scales_ids_logits_and_cache_but_not_weights():
 
 def test_tpot_row_sets_sys_beyond_local_against_one_round_trip():
     """The harness table's TPOT row: sys_simulated's time per output token less local's, beside
-    the empty RPC's round trip (back to back and after idle) + 0.5 ms."""
+    the empty RPC's round trip (back to back, after idle, across a step's server work) + 0.5 ms."""
     from harness.report.tables import harness_rows
 
     def with_tpot(mode, tpot_s):
@@ -246,4 +246,9 @@ def test_tpot_row_sets_sys_beyond_local_against_one_round_trip():
     (row,) = [r for r in harness_rows(infos, {"rpc_noop": noop}, {}) if "TPOT" in r["Check"]]
     assert row["Figure"] == "1.500 ms (round trip 0.700 ms back to back; after 5 ms idle 1.200 ms)"
     assert row["Target"] == "<= round trip + 0.5 ms = 1.200 ms"
+    noop |= {"rtt_in_step_s": 0.0009, "hold_s": 0.003}
+    (row,) = [r for r in harness_rows(infos, {"rpc_noop": noop}, {}) if "TPOT" in r["Check"]]
+    assert row["Figure"] == ("1.500 ms (round trip 0.700 ms back to back; after 5 ms idle 1.200 ms; "
+                             "across 3.00 ms of server work 0.900 ms)")
+    assert row["Target"] == "<= round trip + 0.5 ms = 1.200 ms back to back, 1.400 ms across a step"
     assert not [r for r in harness_rows(infos, {}, {}) if "TPOT" in r["Check"]], "no control, no row"

@@ -193,6 +193,16 @@ class RemoteWorker:
     def noop_remote(self) -> None:
         """The control benchmark's round trip: RPC cost with no work behind it."""
 
+    def hold_remote(self, hold_s: float) -> float:
+        """An empty call that keeps this host's serving thread busy for hold_s, as a decode step
+        keeps it launching and waiting on the GPU (a CUDA sync spins by default): the client waits
+        as it waits for a step, so its round trip less the time held is what the RPC costs a step.
+        Returns the time held, timed here."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < hold_s:
+            pass
+        return time.perf_counter() - t0
+
     @_compute_thread
     def echo_remote(self, payload, reply_sizes: list[int]) -> Reply:
         """The RPC path alone: take any payload, send back CPU byte tensors of reply_sizes."""
