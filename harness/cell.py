@@ -28,8 +28,12 @@ WINDOW_SAMPLES = 5  # dmon samples (1 s each) a cell's utilization figure averag
 # again. On the H200 the 8B's naive prefill, one call a round after one warm-up round, measured its
 # first round at 5.66 s (wire 3.68 s, load 1.92 s) and the next two at 1.71 and 1.73 s.
 SETTLE_CALLS = 2
-
-
+# Rounds a stateful cell (local, sys_simulated) runs before the first measured one. Its second
+# round is still slow: on the H200 a fresh process's local prefill took 1295, 32.6, then 17-32 ms
+# for llama-1b and 1251, 57.8, then 37-40 ms for the 8B, all of it inside the forward's GPU span
+# (scripts/diagnose_prefill.py), and after one warm-up round every H200 run's first measured local
+# prefill round was its slowest (llama-1b 33-53 ms against 15-28 ms later, 12 runs).
+SETTLE_ROUNDS = 2
 @dataclass(frozen=True)
 class CellConfig:
     mode: str
@@ -46,10 +50,11 @@ class CellConfig:
 
 
 def warmup_rounds(mode: str, phase: str, steps: int, requested: int) -> int:
-    """The warm-up rounds a cell runs: those asked for, and for the stateless mode at least enough
-    that SETTLE_CALLS calls precede the first measured one (a prefill round is one call)."""
+    """The warm-up rounds a cell runs: those asked for, at least SETTLE_ROUNDS for a stateful mode,
+    and for the stateless mode at least enough that SETTLE_CALLS calls precede the first measured
+    one (a prefill round is one call)."""
     if not MODES[mode].stateless:
-        return requested
+        return max(requested, SETTLE_ROUNDS)
     calls = 1 + (steps if phase == "decode" else 0)
     return max(requested, -(-SETTLE_CALLS // calls))
 
