@@ -55,6 +55,7 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase,
                        rounds=opts.rounds, warmup_rounds=cell.cfg.warmup_rounds)
     assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
                            "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
+    cell.capture_round()  # where the mode's timed rounds ran without tcpdump
     cell.measure_utilization(opts.util_samples)  # outside the timed rounds
     if MODES[mode].remote:
         cell.dissect()

@@ -9,10 +9,11 @@ import torch
 
 from fixtures.cells import report_target_misses
 from fixtures.options import suite_options
+from harness.cell import SETTLE_ROUNDS
 from harness.compute.baseline import compare, gap_cost
 from harness.compute.models import forward_step, load_config, prompt_ids
-from harness.report.invariants import probe_overhead_miss
 from harness.compute.phase import run_phase
+from harness.report.invariants import probe_overhead_miss
 
 
 @pytest.mark.cell
@@ -97,6 +98,38 @@ def test_capture_overhead(benchmark, make_cell, gap_controls, request):
         "analysis_share_median": statistics.median(share)})
     gap_controls["capture_overhead"] = dict(benchmark.extra_info)
     report_target_misses(probe_overhead_miss(statistics.median(pair), q1, q3), opts.strict)
+
+
+@pytest.mark.cell
+def test_capture_cost_per_step(benchmark, make_cell, gap_controls, request):
+    """sys_simulated decode rounds with tcpdump and without, alternating: what the capture adds to
+    a step of small calls, the reason that mode's timed rounds run without it
+    (harness.compute.modes.Mode.captured_while_timed)."""
+    opts = suite_options(request.config)
+    cell = make_cell("sys_simulated", "decode")
+    if not cell.probe.capture_on:
+        pytest.skip("no capture in this run (--gap-no-capture, or a loopback link)")
+    tpot = {True: [], False: []}
+
+    def one(capture: bool):
+        cell.setup(capture=capture)
+        cell.run_round()
+        cell.teardown()
+        tpot[capture].append(cell.records[-1].result.tpot_s)
+
+    def measure():
+        for _ in range(SETTLE_ROUNDS):  # warm-up, as the cell's own (harness.cell says why)
+            one(False)
+        tpot[False].clear()
+        for i in range(max(opts.rounds, 4)):  # alternating, so drift hits both alike
+            for capture in ((True, False) if i % 2 else (False, True)):
+                one(capture)
+    benchmark.group = "control"
+    benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
+    on, off = statistics.median(tpot[True]), statistics.median(tpot[False])
+    benchmark.extra_info.update({"tpot_captured_s": tpot[True], "tpot_uncaptured_s": tpot[False],
+                                 "step_cost_s": on - off})
+    gap_controls["capture_step_cost"] = dict(benchmark.extra_info)
 
 
 @pytest.mark.cell

@@ -67,9 +67,10 @@ class RoundRecord:
     timeline: dict | None = None   # harness.measure.timeline parts summed over the round's calls
     analysis_s: float | None = None  # reading the capture + placing the calls on the timeline
     dissection: dict | None = None  # harness.measure.dissect.Dissection of this round's capture
+    timed: bool = True             # False: the capture round of a mode timed without one
 
     def to_dict(self) -> dict:
-        d = ({"warmup": self.warmup, "timeline": self.timeline, "analysis_s": self.analysis_s,
+        d = ({"warmup": self.warmup, "timed": self.timed, "timeline": self.timeline, "analysis_s": self.analysis_s,
               "dissection": self.dissection}
              | self.result.to_dict() | asdict(self.probe))
         d.pop("mode"), d.pop("phase")
@@ -88,9 +89,9 @@ class Cell:
     window: UtilWindow | None = None  # utilization over back-to-back runs (measure_utilization)
     _pending: PhaseResult | None = None
 
-    def setup(self):
+    def setup(self, capture: bool | None = None):
         self._pending = None
-        self.probe.start()
+        self.probe.start(MODES[self.cfg.mode].captured_while_timed if capture is None else capture)
         return (), {}
 
     def run_round(self) -> None:
@@ -99,18 +100,30 @@ class Cell:
         self._pending = run_phase(self.backend, self.prompt, self.cfg.phase, self.cfg.steps, hook,
                                   end_session=False)
 
-    def teardown(self) -> None:
+    def teardown(self, timed: bool = True) -> None:
         self.backend.end()  # the release call: in the round's bytes, outside pytest-benchmark's timer
         reading = self.probe.stop()
         warmup = len(self.records) < self.cfg.warmup_rounds
         t0 = time.perf_counter()
         timeline = call_timeline(self._pending.call_stamps, self.probe.packets, reading.clock_offset_s)
         analysis_s = None if reading.pcap_read_s is None else reading.pcap_read_s + time.perf_counter() - t0
-        self.records.append(RoundRecord(warmup, self._pending, reading, timeline, analysis_s))
+        self.records.append(RoundRecord(warmup, self._pending, reading, timeline, analysis_s, timed=timed))
+
+    def capture_round(self) -> None:
+        """For a mode timed without tcpdump (harness.compute.modes.Mode.captured_while_timed): one
+        more round, with it, after the timed ones; the packet-level figures (time breakdown, pcap
+        bytes, dissection) come from it, latency and counters from the timed rounds."""
+        if MODES[self.cfg.mode].captured_while_timed or not self.probe.capture_on:
+            return
+        self.setup(capture=True)
+        self.run_round()
+        self.teardown(timed=False)
 
     def _round_label(self) -> str:
         i = len(self.records)
         w = self.cfg.warmup_rounds
+        if i >= w + self.cfg.rounds:
+            return "capture round"
         return f"warm-up {i + 1}/{w}" if i < w else f"round {i - w + 1}/{self.cfg.rounds}"
 
     def measure_utilization(self, samples: int = WINDOW_SAMPLES) -> None:
@@ -127,7 +140,8 @@ class Cell:
         """Wireshark's TCP analysis of the last measured round's capture (harness.measure.dissect:
         retransmissions, zero windows, duplicate ACKs, bytes per lane), into that round's record.
         Where tshark is missing (a GPU host without a registry) the record says so."""
-        last = self.measured[-1] if self.measured else None
+        captured = [r for r in self.records if not r.warmup and r.probe.pcap_bytes is not None]
+        last = captured[-1] if captured else None
         if last is None or not self.probe.last_pcap.exists():
             return
         link = self.probe.link
@@ -144,11 +158,13 @@ class Cell:
                 r["analysis"] = analyse_round(r, self.context)
         load = self.backend.load
         window = None if self.window is None else asdict(self.window)
+        timed = [r for r in rounds if not r["warmup"] and r["timed"]]
+        captured = [r for r in rounds if not r["timed"]]
         return CellInfo(self.cfg.mode, self.cfg.phase, self.cfg.steps, self.cfg.model, self.cfg.dtype,
-                        self.probe.link.label, rounds,
-                        CellSummary.of([r for r in rounds if not r["warmup"]], window),
+                        self.probe.link.label, rounds, CellSummary.of(timed, window, captured or None),
                         None if load is None else asdict(load))
 
     @property
     def measured(self) -> list[RoundRecord]:
-        return [r for r in self.records if not r.warmup]
+        """The timed rounds (not warm-ups, not a capture round)."""
+        return [r for r in self.records if not r.warmup and r.timed]

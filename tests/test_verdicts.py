@@ -252,3 +252,21 @@ def test_tpot_row_sets_sys_beyond_local_against_one_round_trip():
                              "across 3.00 ms of server work 0.900 ms)")
     assert row["Target"] == "<= round trip + 0.5 ms = 1.200 ms back to back, 1.400 ms across a step"
     assert not [r for r in harness_rows(infos, {}, {}) if "TPOT" in r["Check"]], "no control, no row"
+
+
+def test_a_capture_round_gives_the_packet_figures_and_the_timed_rounds_the_rest():
+    """sys_simulated is timed without tcpdump (Mode.captured_while_timed) and captured in one more
+    round: pcap bytes and the capture analysis' share come from that round alone; latency, bytes
+    by the counters and the closure from the timed rounds, whatever the capture round took."""
+    timed = [round_record("sys_simulated", "decode", latency_s=0.5) | {"pcap_bytes": None, "analysis_s": None}
+             for _ in range(3)]
+    captured = round_record("sys_simulated", "decode", latency_s=0.9, analysis_s=0.009) | {"timed": False}
+    info = cell("sys_simulated", rounds=[*timed, captured])
+    s = CellSummary.of(info.measured, None, [captured])
+    assert [r["latency_s"] for r in info.measured] == [0.5] * 3, "the capture round is not a timed round"
+    assert (s.latency_s.mean, s.latency_s.n) == (0.5, 3)
+    assert (s.pcap_bytes.mean, s.pcap_bytes.n) == (captured["pcap_bytes"], 1)
+    assert s.analysis_share.mean == pytest.approx(0.01) and s.analysis_share.n == 1
+    assert (s.link_bytes.n, s.closure_error.n) == (3, 3)
+    plain = CellSummary.of(timed)  # without the capture round nothing packet-level is known
+    assert plain.pcap_bytes.n == 0 and plain.analysis_share.n == 0

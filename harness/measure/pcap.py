@@ -12,6 +12,7 @@ Two halves:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import mmap
 import os
@@ -118,6 +119,7 @@ _L4_WITH_PORTS = (IPPROTO_TCP, IPPROTO_UDP)
 _PORTS = struct.Struct(">HH").unpack_from
 
 
+@functools.lru_cache(maxsize=16)
 def _address_maps(addr_a: str, addr_b: str) -> tuple[dict[bytes, int], dict[bytes, int]]:
     """Map (src+dst packed address bytes, as laid out in the IP header) -> direction, v4 and v6."""
     a = ipaddress.ip_address(addr_a).packed
@@ -240,6 +242,9 @@ def _payload_len(buf: bytes, protocol: int, l4: int, end: int, l4_bytes: int) ->
 _CHUNK = 1 << 15  # records per numpy pass: their windows (2 MB) stay in cache through ~20 field ops
 
 
+_MAP_MIN_BYTES = 1 << 20
+
+
 def _map_file(path: Path) -> bytes | mmap.mmap:
     """
     The file's bytes, mapped rather than read: copying a round's ~40 MB cost a third as much as
@@ -247,8 +252,9 @@ def _map_file(path: Path) -> bytes | mmap.mmap:
     Captures are complete when read (tcpdump stopped), so nothing truncates the file under the map.
     """
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""  # mmap refuses empty files; _check_header reports it
+        size = os.fstat(f.fileno()).st_size
+        if size < _MAP_MIN_BYTES:  # mmap refuses empty files (_check_header reports them), and a
+            return f.read()        # decode step's few KB read faster than they map
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # closed when the last view goes
 
 
@@ -299,6 +305,7 @@ def _chase(buf: bytes, off: int, incl_len, records: int, runs: list) -> int:
     return off
 
 
+@functools.lru_cache(maxsize=16)
 def _window_dtype(endian: str, linktype: int) -> np.dtype:
     """
     The bytes of a record the vectorized path reads, from its 16-byte pcap header to the TCP

@@ -94,9 +94,10 @@ class RoundProbe:
         self.packets = None  # harness.measure.pcap.PcapPackets of the last round, or None
         self.last_pcap = self.workdir / "last-round.pcap"  # the last stopped round's capture
 
-    def start(self) -> None:
+    def start(self, capture: bool = True) -> None:
+        """capture=False: this round without tcpdump (counters, dmon and NVML as always)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.capture_on:
+        if self.capture_on and capture:
             bpf = f"tcp and host {self.link.gpu_addr}"
             ssh = self.link.host.ssh
             if ssh:  # dmon's lines and the worker's ssh session are not the experiment's traffic

@@ -36,6 +36,9 @@ ROUND_STATS = ("latency_s", "ttft_s", "tpot_s", "link_bytes", "pcap_bytes", "pay
 ANALYSIS_STATS = ("closure_error", "util_dmon_sm_pct", "util_nvml_pct", "util_gpu_span_fraction", "wire_gbps",
                   "wire_vs_iperf", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio",
                   "unattributed_s", "sm_clock_mhz")
+# the figures that need the round's capture: from the capture round where the mode has one
+# (harness.compute.modes.Mode.captured_while_timed), with the time breakdown and the dissection
+FROM_CAPTURE = ("pcap_bytes", "wire_only_gbps", "analysis_share", "time_parts_sum_ratio", "unattributed_s")
 
 
 @dataclass(frozen=True)
@@ -77,20 +80,27 @@ class CellSummary:
         return s.mean, f"{s.n}/{self.latency_s.n} rounds"
 
     @classmethod
-    def of(cls, measured: list[dict], window: dict | None = None) -> "CellSummary":
-        """measured: the measured rounds' records (RoundRecord.to_dict(), with "analysis" where a
-        payload model was given); window: a UtilWindow as a dict, where one ran."""
+    def of(cls, measured: list[dict], window: dict | None = None, captured: list[dict] | None = None) -> "CellSummary":
+        """measured: the timed rounds' records (RoundRecord.to_dict(), with "analysis" where a
+        payload model was given); window: a UtilWindow as a dict, where one ran; captured: the
+        capture round of a mode timed without tcpdump, for the FROM_CAPTURE figures (by default
+        the timed rounds, which then had it)."""
+        captured = measured if captured is None else captured
         analysed = [r["analysis"] for r in measured if "analysis" in r]
-        stats = {k: Stat.of([_round_figure(r, k) for r in measured]) for k in ROUND_STATS}
-        stats |= {k: Stat.of([a[k] for a in analysed]) for k in ANALYSIS_STATS}
+        from_capture = [r["analysis"] for r in captured if "analysis" in r]
+        stats = {k: Stat.of([_round_figure(r, k) for r in (captured if k in FROM_CAPTURE else measured)])
+                 for k in ROUND_STATS}
+        stats |= {k: Stat.of([a[k] for a in (from_capture if k in FROM_CAPTURE else analysed)])
+                  for k in ANALYSIS_STATS}
         first = analysed[0] if analysed else None
         return cls(**stats,
                    analytic_bytes=first and first["analytic_tx_bytes"] + first["analytic_rx_bytes"],
                    closure_verdicts=sorted({a["closure_verdict"] for a in analysed}),
                    util_dmon_note=next((a["util_dmon_note"] for a in analysed if a["util_dmon_note"]), None),
-                   time={k: Stat.of([a["time"][k] for a in analysed]).mean for k in (first or {}).get("time", {})},
-                   time_complete=bool(analysed) and all(a["time_complete"] for a in analysed), window=window,
-                   dissection=measured[-1].get("dissection") if measured else None)
+                   time={k: Stat.of([a["time"][k] for a in from_capture]).mean
+                         for k in (from_capture[0]["time"] if from_capture else {})},
+                   time_complete=bool(from_capture) and all(a["time_complete"] for a in from_capture),
+                   window=window, dissection=captured[-1].get("dissection") if captured else None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CellSummary":
@@ -129,7 +139,8 @@ class CellInfo:
 
     @property
     def measured(self) -> list[dict]:
-        return [r for r in self.rounds if not r["warmup"]]
+        """The timed rounds: not warm-ups, not a capture round (older results have no "timed")."""
+        return [r for r in self.rounds if not r["warmup"] and r.get("timed", True)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +158,7 @@ class CellInfo:
 
 CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead",
                  "test_serialisation_alone": "serialisation", "test_control_rpc_noop": "rpc_noop",
-                 "test_control_local_step_after_gap": "local_gap"}
+                 "test_control_local_step_after_gap": "local_gap", "test_capture_cost_per_step": "capture_step_cost"}
 
 
 def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict]:

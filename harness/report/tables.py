@@ -3,6 +3,8 @@ as Markdown, from the cells' results (harness.report.summary.CellInfo). The suit
 the end of a run; `python -m harness.report out.json` makes the same from the JSON."""
 from __future__ import annotations
 
+import statistics
+
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.report.analysis import TIME_PARTS
@@ -230,6 +232,7 @@ def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
     summaries = {i.name: i.summary for i in infos}
     mode_of = {i.name: MODES[i.mode] for i in infos}
     rows = [_link_row(link), _rpc_path_row(summaries, mode_of), _probe_cost_row(controls.get("capture_overhead")),
+            _capture_step_row(controls.get("capture_step_cost")),
             _analysis_row(summaries, mode_of), _baseline_row(controls.get("local_vs_generate")),
             _tpot_row(infos, controls.get("rpc_noop"), controls.get("local_gap")),
             _closure_row(summaries), _time_sum_row(summaries),
@@ -258,6 +261,15 @@ def _probe_cost_row(cap):
     q1, q3 = cap.get("on_over_off_iqr", (None, None))
     iqr = f" [quartiles {q1:.3f}-{q3:.3f}, {len(cap['latency_on_s'])} pairs]" if q1 else ""
     return "latency probe on ÷ off (naive prefill)", f"{cap['on_over_off']:.3f}{iqr}", f"<= {PROBE_OVERHEAD_MAX}"
+
+
+def _capture_step_row(cost):
+    if not cost:
+        return None
+    on, off = statistics.median(cost["tpot_captured_s"]), statistics.median(cost["tpot_uncaptured_s"])
+    return ("tcpdump's cost per sys_simulated decode step (so its timed rounds run without it)",
+            f"{cost['step_cost_s'] * 1e3:+.3f} ms (time per token {on * 1e3:.3f} ms captured, "
+            f"{off * 1e3:.3f} ms not; medians of {len(cost['tpot_captured_s'])} rounds each)", "-")
 
 
 def _analysis_row(summaries, mode_of):
