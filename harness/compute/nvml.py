@@ -4,10 +4,10 @@ NVML's utilization.gpu is the share of its last sample period (~1/6 s on recent 
 which any kernel ran; polling every 20 ms sees each period several times, so the mean over a
 round is still a time-weighted busy share, with a resolution of about one NVML period.
 
-Beside it, the SM clock (MHz) at each poll: a GPU left idle (between short rounds, during a
-round trip) lowers its clocks, and a cell measured before they rise again runs slower than the
-same work in a cell that follows busy ones (on the H200 the local prefill, the first cell of a
-run, measured 1.5-2x the worker's own prefill compute; the clock says whether that is why).
+Beside it, the SM clock (MHz) at each poll, so a cell's speed can be read against its clock. On
+the H200 it read 1980 MHz (the card's maximum) in every round of every cell, the slow first local
+prefill rounds included, which were not the clock's doing (harness.cell.SETTLE_ROUNDS); after
+0.2 s of back-to-back fp16 matrix products it fell to 1545 MHz.
 """
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ harness.measure.pcap."""
 from __future__ import annotations
 
 import atexit
-import os
 import re
 import shutil
 import signal
@@ -62,15 +61,6 @@ def header_snaplen(addr: str) -> int:
     return 14 + (40 if ":" in addr else 20) + 32
 
 
-def _pinned():
-    """SGAP_TCPDUMP_CPUS=2,3 (an experiment, scripts/diagnose_capture.py): tcpdump runs on those
-    CPUs only, away from the threads of the RPC it watches (immediate mode wakes it per packet)."""
-    cpus = os.environ.get("SGAP_TCPDUMP_CPUS")
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-
-
 class Capture:
     """
     tcpdump around a measured region:
@@ -116,8 +106,7 @@ class Capture:
         cmd = self.command()
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, text=True, errors="replace",
-                                          preexec_fn=_pinned())
+                                          stderr=subprocess.PIPE, text=True, errors="replace")
         except FileNotFoundError as e:
             raise RuntimeError(f"{e.filename} not found: apt-get install tcpdump") from None
         except PermissionError as e:
