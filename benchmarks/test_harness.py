@@ -70,11 +70,9 @@ def test_capture_overhead(benchmark, make_cell, gap_controls, request):
     pairs = max(opts.rounds, 15)  # ~0.1 s rounds vary by ~10%: enough pairs for a steady median
 
     def probed():
-        cell.setup()
-        cell.run_round()
-        cell.teardown()
-        on.append(cell.records[-1].result.latency_s)
-        share.append((cell.records[-1].analysis_s or 0) / on[-1])
+        r = cell.round()
+        on.append(r.result.latency_s)
+        share.append((r.analysis_s or 0) / on[-1])
 
     def bare():
         off.append(run_phase(cell.backend, cell.prompt, "prefill", 1).latency_s)
@@ -112,10 +110,7 @@ def test_capture_cost_per_step(benchmark, make_cell, gap_controls, request):
     tpot = {True: [], False: []}
 
     def one(capture: bool):
-        cell.setup(capture=capture)
-        cell.run_round()
-        cell.teardown()
-        tpot[capture].append(cell.records[-1].result.tpot_s)
+        tpot[capture].append(cell.round(capture).result.tpot_s)
 
     def measure():
         for _ in range(SETTLE_ROUNDS):  # warm-up, as the cell's own (harness.cell says why)

@@ -115,9 +115,14 @@ class Cell:
         bytes, dissection) come from it, latency and counters from the timed rounds."""
         if MODES[self.cfg.mode].captured_while_timed or not self.probe.capture_on:
             return
-        self.setup(capture=True)
+        self.round(capture=True, timed=False)
+
+    def round(self, capture: bool | None = None, timed: bool = True) -> RoundRecord:
+        """One round outside pytest-benchmark (controls, the capture round): probe, phase, record."""
+        self.setup(capture)
         self.run_round()
-        self.teardown(timed=False)
+        self.teardown(timed)
+        return self.records[-1]
 
     def _round_label(self) -> str:
         i = len(self.records)

@@ -129,7 +129,7 @@ def test_gap_cost_times_the_same_steps_with_and_without_the_wait(monkeypatch):
     loop's time per token with and without a wait after every forward of the gapped runs, alternating."""
     from harness.compute import baseline
     waits = []
-    monkeypatch.setattr(baseline, "_spin", waits.append)
+    monkeypatch.setattr(baseline, "spin", waits.append)
     spec = ModelSpec("tiny", "fp32")
     model = build_model(spec, "cpu")
     prompt = prompt_ids(load_config(spec), 8, 0)

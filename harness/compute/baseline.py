@@ -10,6 +10,7 @@ import torch
 from harness.compute.engine import EngineSpec, resolved
 from harness.compute.modes import LocalBackend
 from harness.compute.phase import run_phase
+from harness.compute.timers import spin
 
 
 def _sync(device):
@@ -61,13 +62,6 @@ def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeat
             "tpot_loop_all_s": loop, "tpot_generate_all_s": gen}
 
 
-def _spin(seconds: float) -> None:
-    """Wait on the CPU, awake: only the GPU goes idle, as it does while a step's round trip runs."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
     """What the GPU's idle time between steps costs a step, with no RPC: the local loop's time per
     token with and without a wait of gap_s between steps (the wait itself not timed), alternating,
@@ -76,7 +70,9 @@ def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = Engin
     (scripts/diagnose_step_gap.py). The part of sys_simulated's extra time per token that is the
     GPU's, not the RPC's."""
     backend = LocalBackend(model, resolved(engine, next(model.parameters()).device))
-    wait = lambda i, n: _spin(gap_s)  # run_phase calls it after each forward, outside the step's time
+    # the CPU waits awake, so only the GPU goes idle, as it does while a step's round trip runs;
+    # run_phase calls it after each forward, outside the step's time
+    wait = lambda i, n: spin(gap_s)
     run_phase(backend, prompt, "decode", 2), run_phase(backend, prompt, "decode", 2, wait)  # warm both
     plain, gapped = [], []
     for _ in range(repeats):

@@ -7,6 +7,14 @@ import time
 import torch
 
 
+def spin(seconds: float) -> float:
+    """Wait on the CPU, awake (no sleep, so no wake-up to pay); returns the time it took."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pass
+    return time.perf_counter() - t0
+
+
 class Clock:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"

@@ -37,7 +37,7 @@ from harness.compute.models import ModelSpec, build_model, default_device
 from harness.compute.nvml import NO_SAMPLES, make_sampler
 from harness.compute.packing import Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
-from harness.compute.timers import Clock
+from harness.compute.timers import Clock, spin
 from harness.compute.tokens import greedy as greedy_tokens
 from harness.compute.tokens import on_device
 from harness.testbed import cpuidle, rpc
@@ -198,10 +198,7 @@ class RemoteWorker:
         keeps it launching and waiting on the GPU (a CUDA sync spins by default): the client waits
         as it waits for a step, so its round trip less the time held is what the RPC costs a step.
         Returns the time held, timed here."""
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < hold_s:
-            pass
-        return time.perf_counter() - t0
+        return spin(hold_s)
 
     @_compute_thread
     def echo_remote(self, payload, reply_sizes: list[int]) -> Reply:
