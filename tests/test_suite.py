@@ -68,6 +68,9 @@ def test_six_cells_with_rounds_bytes_and_utilization(smoke):
     # measured environment fields: RPC framing from no-op round trips (~760 B on this box), iperf3
     # over the link, the worker's own report of its host-memory policy (the default, keep)
     assert 100 < info["rpc_framing_bytes_per_call"] < 5_000, info["rpc_framing_bytes_per_call"]
+    # an empty call's whole bytes: the framing plus a header for each of its packets (request, reply, ACKs)
+    assert info["rpc_noop_packets_per_call"] >= 2, info["rpc_noop_packets_per_call"]
+    assert info["rpc_noop_wire_bytes_per_call"] > info["rpc_framing_bytes_per_call"], info
     assert all(info["link_check"][f"iperf3_gbps_{n}_stream"] > 0 for n in (1, 4, 16)), info["link_check"]
     assert info["worker_malloc"] == "keep", info["worker_malloc"]
     # naive prefill, a call a round, warms up until its worker's receive buffer has settled (2 calls);

@@ -16,10 +16,12 @@ one call per step j = 0..steps-1 (one token, a cache of P + j tokens). Per round
 
 Bytes of a round, both directions, Ethernet/IP/TCP headers included as the link's counters count:
 
-  bytes = payload + round_B + calls x framing_B + payload x HEADER_BYTES / segment_B
+  bytes = payload + round_B + calls x (empty_call_B + framing_B) + payload x HEADER_BYTES / segment_B
 
 payload is harness.report.payload_model.cell_payload's, exact; the other terms are the protocol: a
-session's set-up, RPC framing per call, and one 66-byte header per packet of segment_B payload bytes.
+session's set-up, an empty call's bytes on the point's link (its run's own control; 0 where the
+calibration runs did not measure it), RPC framing per call beyond that, and one 66-byte header per
+packet of segment_B payload bytes.
 
 Every term, its unit and where its number comes from is in TERMS; `Components.notes` says, per fit,
 which cells gave it or why it holds a default. The fit is relative least squares (each point's error
@@ -31,7 +33,7 @@ divided by its measured value) term group by term group, from the time parts the
                     call (the packet times' span is taken to hold one), against bytes / goodput; k is
                     fitted only over two link rates or more (one link cannot tell series from overlap)
   call / round   <- what remains of each remote cell's latency after the modelled terms
-  round/framing/segment <- link bytes - payload of the remote cells
+  round/framing/segment <- link bytes - payload (- calls x empty_call_B) of the remote cells
 A term no calibration point can tell apart from another (one prompt length cannot separate
 prefill_s from prefill_token_s) is held at 0 and the note says so: its effect is folded into the term
 it is collinear with, which is exact at the calibrated point and unknown away from it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 from typing import Iterable
 
@@ -204,6 +205,32 @@ def _step_slope(points: list[Point]) -> tuple[float, str]:
                  "distinguishable from 0 (or negative): 0")
 
 
+def _fit_bytes(c: Components, remote: list[Point]) -> tuple[Components, dict]:
+    """link - payload = round_B + calls x (empty_call + framing) + payload x 66 / segment. Where every
+    cell's run measured an empty call on its own link (Link.empty_call_B), that is a call's base and
+    framing_B what a call carries beyond it: how many packets a small call takes (headers, ACKs, writes
+    that a shaped queue packs together) is the link's, not the cell's. Else framing_B is all of it."""
+    measured = all(p.link.empty_call_B is not None for p in remote)
+    rows, y = [], []
+    for p in remote:
+        pay = _payload(p)
+        rows.append([1, pay.calls, pay.total])
+        y.append(p.measured.bytes - pay.total - (pay.calls * p.link.empty_call_B if measured else 0))
+    # each cell weighed by its whole link bytes: the target is the round's bytes, not the overhead
+    v, n = _weighted_lstsq(rows, y, [p.measured.bytes for p in remote], ["round_B", "framing_B", "header_share"])
+    segment = HEADER_BYTES / v["header_share"] if v["header_share"] > 0 else math.inf
+    empty = statistics.fmean(p.link.empty_call_B for p in remote) if measured else None
+    c = replace(c, round_B=v["round_B"], framing_B=v["framing_B"], segment_B=segment, empty_call_B=empty)
+    base = " less each call's empty call on its link" if measured else ""
+    notes = {"round_B": n.get("round_B", f"fitted on link bytes - payload{base} of {len(y)} remote cells"),
+             "framing_B": n.get("framing_B", f"fitted on link bytes - payload{base} of {len(y)} remote cells"),
+             "segment_B": n.get("header_share", f"fitted with framing_B ({HEADER_BYTES} B of headers a packet)"),
+             "empty_call_B": (f"measured per run (rpc_noop_wire_bytes_per_call), mean of {len(y)} remote cells' "
+                              "runs; a point's own link's where it has one" if measured else
+                              "not measured by every calibration run: framing_B holds a whole call's framing")}
+    return c, notes
+
+
 def fit(points: Iterable[Point]) -> Components:
     """Components from calibration points (each with .measured). See the module's docstring."""
     points = [p for p in points if p.measured is not None]
@@ -224,20 +251,9 @@ def fit(points: Iterable[Point]) -> Components:
     naive = [p for p in remote if MODES[p.mode].stateless]
     local = [p for p in points if not MODES[p.mode].remote]
 
-    # bytes: link - payload = round_B + calls x framing + payload x 66 / segment
-    rows, y = [], []
-    for p in remote:
-        pay = _payload(p)
-        rows.append([1, pay.calls, pay.total])
-        y.append(p.measured.bytes - pay.total)
     if remote:
-        # each cell weighed by its whole link bytes: the target is the round's bytes, not the overhead
-        v, n = _weighted_lstsq(rows, y, [p.measured.bytes for p in remote], ["round_B", "framing_B", "header_share"])
-        segment = HEADER_BYTES / v["header_share"] if v["header_share"] > 0 else math.inf
-        c = replace(c, round_B=v["round_B"], framing_B=v["framing_B"], segment_B=segment)
-        notes["round_B"] = n.get("round_B", f"fitted on link bytes - payload of {len(y)} remote cells")
-        notes["framing_B"] = n.get("framing_B", f"fitted on link bytes - payload of {len(y)} remote cells")
-        notes["segment_B"] = n.get("header_share", f"fitted with framing_B ({HEADER_BYTES} B of headers a packet)")
+        c, bnotes = _fit_bytes(c, remote)
+        notes |= bnotes
 
     # naive worker's load and reply rates
     load = _through_origin([(_payload(p).tx_bytes, p.measured.load_s) for p in naive if p.measured.load_s])

@@ -20,6 +20,8 @@ class Link:
     segment_B: float | None = None  # TCP payload per counted packet; None: as calibrated
     nominal_gbps: float | None = None
     label: str = ""
+    empty_call_B: float | None = None  # an empty RPC's wire bytes both ways on this link, headers and
+                                       # ACKs included (the run's own control); None: not measured
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,8 @@ def link_of(env: dict) -> Link:
         rtt_ms = next((v for path in RTT_MS_KEYS if (v := _dig(env, path)) is not None), None)
     if rtt_ms is None and (m := _RTT_LABEL.search(label)):
         rtt_ms = float(m.group(1) or m.group(2))
-    return Link(goodput_Bps=gbps * 1e9 / 8, rtt_s=(rtt_ms or 0.0) / 1e3, nominal_gbps=shaped, label=label)
+    return Link(goodput_Bps=gbps * 1e9 / 8, rtt_s=(rtt_ms or 0.0) / 1e3, nominal_gbps=shaped, label=label,
+                empty_call_B=env.get("rpc_noop_wire_bytes_per_call"))
 
 
 _SHAPES: dict = {}

@@ -44,8 +44,13 @@ TERMS = {
                    "fitted per model from totals where prompt lengths vary, else from the local decode's "
                    "per-step times (slope against cache length), else 0"),
     "framing_B": ("bytes per call", "wire bytes of a call beyond its payload and per-segment headers: "
-                  "pickled call, tensor descriptors, TensorPipe headers, small packets (ACKs, descriptors)",
+                  "pickled call, tensor descriptors, TensorPipe headers, small packets (ACKs, descriptors); "
+                  "beyond an empty call's (empty_call_B) where the runs measured that",
                   "fitted: remote cells' link bytes - payload"),
+    "empty_call_B": ("bytes per call", "an empty RPC's wire bytes both ways, headers and ACKs included: "
+                     "how many packets a small call takes is the link's (a shaped queue packs small writes "
+                     "together, a TUN counts no Ethernet header)", "measured per run by the empty-call "
+                     "control on the run's own link; the calibration's mean where a point has none"),
     "round_B": ("bytes per round", "wire bytes of a round beyond its calls' (a session's first call: its "
                 "cache id, the channel's first use)", "fitted with framing_B (prefill rounds have 1 call)"),
     "segment_B": ("payload bytes per packet", "TCP payload per packet the counters count (a veth counts "
@@ -80,6 +85,8 @@ class Components:
     framing_B: float
     segment_B: float
     round_B: float = 0.0
+    empty_call_B: float | None = None               # None: framing_B is a call's whole framing; else
+                                                    # framing_B is beyond an empty call's on the point's link
     path_k: float = 1.0                             # 1: path and link in series; inf: overlapped
     compute: dict = field(default_factory=dict)     # Point.key -> Compute
     # what scaling compute to another model or GPU needs, and what the report shows beside the fit
