@@ -251,8 +251,7 @@ def assumption_lines(t, shape, params, primary_path, primary, others, comp, oh) 
         f"call_s {primary.call_s * 1e3:.3f} ms a call (its empty RPC round trip: "
         f"{(primary.noop_rtt_s or 0) * 1e3:.3f} ms), round_s {primary.round_s * 1e3:.3f} ms, local_call_s "
         f"{primary.local_call_s * 1e3:.3f} ms, RPC path {primary.path_Bps / 1e9:.2f} GB/s in series with the "
-        f"link, framing {(primary.empty_call_B or 0) + primary.framing_B:,.0f} B a call + {primary.round_B:,.0f} B "
-        "a round. The A100 "
+        f"link, framing {primary.call_B():,.0f} B a call + {primary.round_B:,.0f} B a round. The A100 "
         "host's CPU, NIC driver and RPC stack are assumed to perform as the calibration host's.",
         f"- **Host↔device**: the naive worker's load and reply rates as calibrated "
         f"({primary.load_Bps / 1e9:.2f} and {primary.d2h_Bps / 1e9:.2f} GB/s on PCIe "

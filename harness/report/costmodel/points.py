@@ -32,7 +32,6 @@ class Run:
     device: str
     engine: str | None
     noop_rtt_s: float | None          # the empty RPC's round trip (test_control_rpc_noop)
-    framing_B_per_call: float | None  # RPC framing per message measured on no-ops
     pinned_h2d_Bps: float | None
     pinned_d2h_Bps: float | None
     rtt_recorded: bool                # the JSON names its link's RTT (else 0 is assumed)
@@ -159,7 +158,7 @@ def load_points(path: Path | str) -> list[Point]:
     rtt_recorded = ("link_emulation" in env or any(_dig(env, k) is not None for k in RTT_MS_KEYS)
                     or bool(_RTT_LABEL.search(str(env.get("link")))))
     run = Run(str(path), (env.get("gpu") or {}).get("name"), env.get("device", "?"), env.get("engine"),
-              (controls.get("rpc_noop") or {}).get("rtt_s"), env.get("rpc_framing_bytes_per_call"),
+              (controls.get("rpc_noop") or {}).get("rtt_s"),
               copy.get("h2d_gbps") and copy["h2d_gbps"] * 1e9, copy.get("d2h_gbps") and copy["d2h_gbps"] * 1e9,
               rtt_recorded)
     link = link_of(env)

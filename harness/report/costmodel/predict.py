@@ -71,8 +71,7 @@ class Prediction:
 def _bytes_overhead(c: Components, payload: int, calls: int, link: Link) -> float:
     segment = link.segment_B or c.segment_B
     headers = payload * HEADER_BYTES / segment if math.isfinite(segment) else 0.0
-    empty = 0.0 if c.empty_call_B is None else link.empty_call_B if link.empty_call_B is not None else c.empty_call_B
-    return c.round_B + calls * (empty + c.framing_B) + headers
+    return c.round_B + calls * c.call_B(link.empty_call_B) + headers
 
 
 def combine(a: float, b: float, k: float) -> float:

@@ -98,3 +98,10 @@ class Components:
     pinned_d2h_Bps: float | None = None
     notes: dict = field(default_factory=dict)       # term -> how this fit got it
     sources: tuple = ()                             # the calibration JSONs
+
+    def call_B(self, link_empty_call_B: float | None = None) -> float:
+        """A call's wire bytes beyond its payload's headers: the empty call's on the link (its run's
+        measure, else the calibration's), then framing_B; framing_B alone where none was measured."""
+        if self.empty_call_B is None:
+            return self.framing_B
+        return (self.empty_call_B if link_empty_call_B is None else link_empty_call_B) + self.framing_B
