@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 # run_llm.py's names for the suite's options, where they differ (harness.options.SuiteOptions)
 FLAGS = {"steps": "--decode-steps", "gpu_addr": "--gpu_host_ip", "link_gbps": "--link-gbps",
-         "prompt_len": "--prompt-len", "engine": "--engine", "batch": "--batch"}
+         "prompt_len": "--prompt-len", "engine": "--engine", "batch": "--batch",
+         "threads": "--threads"}
 
 
 def parse_args(argv):
@@ -54,6 +55,8 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together [1]")
     p.add_argument("--engine", help="eager | static | graphs: how every mode runs the model "
                    "[graphs on CUDA, else eager]")
+    p.add_argument("--threads", type=int, help="host threads torch gives the model's CPU work "
+                   "[1 on CUDA, else one per core]")
     return p.parse_args(argv)
 
 
@@ -62,16 +65,19 @@ def build_request(args):
     from harness.options import SuiteOptions
     return SuiteOptions(model=args.model, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
                         steps=args.decode_steps, seed=args.seed, gpu_addr=args.gpu_host_ip, port=args.port,
-                        channel=args.channel, link_gbps=args.link_gbps, engine=args.engine, batch=args.batch, flags=FLAGS).validate(phases=(args.phase,))
+                        channel=args.channel, link_gbps=args.link_gbps, engine=args.engine, batch=args.batch,
+                        threads=args.threads, flags=FLAGS).validate(phases=(args.phase,))
 
 
 def run(args) -> dict:
+    from harness.compute import threads as host_threads
     from harness.compute.models import build_model, load_config, prompt_ids
     from harness.compute.modes import MODES
     from harness.compute.phase import run_phase
     from harness.testbed.bed import testbed
 
     opts = build_request(args)
+    host_threads.apply(opts.threads, opts.resolved_device)  # this process's, whichever mode runs
     spec = opts.spec
     prompt = prompt_ids(load_config(spec), opts.prompt_len, opts.seed, opts.batch)
     if not MODES[args.mode].remote:

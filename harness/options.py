@@ -46,6 +46,7 @@ class SuiteOptions:
     link_strict: bool = False                 # ... and fail instead
     batch: int = 1              # sequences decoded together, as a serving system batches
     engine: str | None = None   # eager | static | graphs; None: graphs on CUDA, else eager
+    threads: int | None = None  # host intra-op threads for the model; None: 1 on CUDA, else one per core
     util_samples: int = 5       # dmon samples a cell's utilization window holds at least; 0: no window
     strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
     # field -> the flag that sets it, where not --gap-<field> (run_llm.py names some differently)
@@ -66,7 +67,7 @@ class SuiteOptions:
     @property
     def engine_spec(self) -> EngineSpec:
         """The engine every mode runs, its static cache sized to the prompt and every generated token."""
-        return EngineSpec(self.engine or AUTO, self.prompt_len + self.steps + 1, self.batch)
+        return EngineSpec(self.engine or AUTO, self.prompt_len + self.steps + 1, self.batch, self.threads)
 
     @property
     def spec(self) -> ModelSpec:
@@ -87,6 +88,9 @@ class SuiteOptions:
             value = getattr(self, name)
             if value < low:
                 raise UsageError(f"{self.flag(name)} {value} must be >= {low}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"{self.flag('threads')} {self.threads} must be >= 1 (or left out: 1 on CUDA, "
+                             "else one per core)")
         if self.rpc_timeout_s <= 0:
             raise UsageError(f"{self.flag('rpc_timeout_s')} {self.rpc_timeout_s} must be > 0 (seconds)")
         if self.channel not in CHANNELS:

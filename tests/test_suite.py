@@ -73,6 +73,8 @@ def test_six_cells_with_rounds_bytes_and_utilization(smoke):
     assert info["rpc_noop_wire_bytes_per_call"] > info["rpc_framing_bytes_per_call"], info
     assert all(info["link_check"][f"iperf3_gbps_{n}_stream"] > 0 for n in (1, 4, 16)), info["link_check"]
     assert info["worker_malloc"] == "keep", info["worker_malloc"]
+    # both processes give the model the same host threads: on a CPU device, torch's default
+    assert info["threads"]["client"] == info["threads"]["gpu_host"] >= 1, info["threads"]
     # naive prefill, a call a round, warms up until its worker's receive buffer has settled (2 calls);
     # the stateful cells warm up for 2 rounds (harness.cell.SETTLE_ROUNDS)
     warm = {name: sum(r["warmup"] for r in bench["extra_info"]["rounds"]) for name, bench in found.items()}
@@ -194,6 +196,7 @@ def test_cells_refuse_to_run_concurrently():
 
 @pytest.mark.parametrize("args,needle", [
     (["--gap-steps", "0"], "--gap-steps 0 must be >= 1"),
+    (["--gap-threads", "0"], "--gap-threads 0 must be >= 1"),
     (["--gap-model", "nosuch"], "unknown model 'nosuch'"),
     (["--gap-compare-fail", "speed:5"], "expected METRIC:N%"),
     (["--gap-prompt-len", "600"], "exceeds tiny's context of 512"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from harness.compute import threads as host_threads
 from harness.compute.models import forward_step
 from harness.errors import UsageError
 
@@ -37,6 +38,7 @@ class EngineSpec:
     name: str = "eager"
     max_len: int = 0        # positions a static cache holds (prompt + generated tokens)
     batch: int = 1
+    threads: int | None = None  # host intra-op threads (harness.compute.threads); None: the device's default
 
     def __post_init__(self):
         if self.name not in (*ENGINES, AUTO):
@@ -81,6 +83,7 @@ class Engine:
         self.model = model
         self.device = next(model.parameters()).device
         self.spec = spec = resolved(spec, self.device)
+        self.threads = host_threads.apply(spec.threads, self.device)  # this process's: client or worker
         if spec.name == "graphs" and self.device.type != "cuda":
             raise UsageError(f"the graphs engine captures CUDA graphs: it needs a CUDA device, not "
                              f"{self.device}; use --gap-engine eager (or static)")

@@ -222,6 +222,7 @@ class RemoteWorker:
         import psutil
         cuda = self.device.type == "cuda"
         return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
+                "threads": self.engine.threads,
                 "cpu_idle": cpuidle.state(),
                 "receive_pinned_bytes": sum(self.staging.registered.values()),
                 "rss_bytes": psutil.Process().memory_info().rss,

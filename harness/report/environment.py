@@ -70,5 +70,7 @@ def describe_testbed(bed, opts) -> dict:
             "device": worker["device"], "client_device": opts.resolved_device,
             # the worker's malloc policy changes what naive's receive costs (harness/compute/hostmem.py)
             "worker_malloc": worker["malloc"], "engine": worker["engine"],
+            # host intra-op threads each process gave the model (harness/compute/threads.py)
+            "threads": {"client": torch.get_num_threads(), "gpu_host": worker["threads"]},
             # idle CPUs poll or halt: what a call after a wait pays to wake (harness/testbed/cpuidle.py)
             "cpu_idle": {"client": cpuidle.state(), "gpu_host": worker["cpu_idle"]}}
