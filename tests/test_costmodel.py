@@ -133,6 +133,10 @@ def test_fit_takes_each_links_empty_call_from_its_run():
     assert "measured per run" in fitted.notes["empty_call_B"]
     fit_on, held_out = (lambda p: p.link.rtt_s < 1e-3), (lambda p: p.link.rtt_s > 1e-3)  # held out: 5 ms RTT
     assert cm.evaluate(points, fit_on, held_out).worst()[1] < 1e-9
+    # a stateful round ends with a release call: one empty call more than its forwards
+    p = next(p for p in points if p.mode == "sys_simulated")
+    a, b = (cm.predict(fitted, replace(p, link=replace(p.link, empty_call_B=e))).bytes for e in (1000.0, 1100.0))
+    assert b - a == pytest.approx(100.0 * (len(p.calls()) + 1))
     blind = [replace(p, link=replace(p.link, empty_call_B=None)) for p in points]
     assert cm.fit(blind).empty_call_B is None
     assert cm.evaluate(blind, fit_on, held_out).worst()[1] > cm.BYTES_TARGET

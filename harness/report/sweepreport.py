@@ -80,7 +80,9 @@ def repeatability_rows(points: list[cm.Point]) -> list[dict]:
 
 
 def summary_rows(ev: cm.Evaluation) -> list[dict]:
-    """Per mode and phase, the largest held-out errors: what the targets (10%, 1%) are read against."""
+    """Per mode and phase, the largest held-out errors: what the targets (10%, 1%) are read against;
+    beside each, the largest standard error of a held-out point's own mean (its rounds' spread): an
+    error no larger than that is within what the measurement itself can tell."""
     rows = []
     for phase in ("prefill", "decode"):
         for mode in MODES:
@@ -89,10 +91,21 @@ def summary_rows(ev: cm.Evaluation) -> list[dict]:
                 continue
             lat = max(abs(r.latency_error) for r in held)
             byt = [abs(r.bytes_error) for r in held if r.bytes_error is not None]
+            lat_se = _largest_se(held, "latency_se_s", "latency_s")
+            byt_se = _largest_se(held, "bytes_se", "bytes") if byt else None
             rows.append({"Phase": phase, "Mode": mode, "Held-out points": len(held),
                          "Worst latency error": f"{lat:.1%}",
-                         "Worst bytes error": f"{max(byt):.3%}" if byt else "n/a (local)"})
+                         "Latency's own standard error (largest)": _pct(lat_se, 1),
+                         "Worst bytes error": f"{max(byt):.3%}" if byt else "n/a (local)",
+                         "Bytes' own standard error (largest)": _pct(byt_se, 3) if byt else "n/a (local)"})
     return rows
+
+
+def _largest_se(rows, se: str, mean: str) -> float | None:
+    """The largest relative standard error (se / mean) among rows' measured points; None where none has one."""
+    vals = [getattr(r.point.measured, se) / getattr(r.point.measured, mean) for r in rows
+            if getattr(r.point.measured, se) is not None and getattr(r.point.measured, mean)]
+    return max(vals, default=None)
 
 
 def write(folder: Path, predict: list[Path] = ()) -> list[Path]:
@@ -117,7 +130,9 @@ def write(folder: Path, predict: list[Path] = ()) -> list[Path]:
              "points: lowest and highest link rate, shortest and longest prompt, least and most round trip "
              "added, where the sweep varies them), predicting every point; held out = not fitted on. Targets: "
              "latency within 10%, bytes within 1%.", "",
-             f"Worst held-out error: latency {_pct(lat, 1)}, bytes {_pct(byt, 3)}.", "",
+             f"Worst held-out error: latency {_pct(lat, 1)}, bytes {_pct(byt, 3)}. Beside each, the largest "
+             "standard error of a held-out point's own mean (its rounds' spread / sqrt(rounds)): an error "
+             "within about two of those is as close as the point's own rounds agree.", "",
              md_table(summary_rows(ev)) if ev.held_out() else "No point is held out: the grid has only corners.",
              "", md_table(cm.eval_rows(ev)), "", "Components of this fit:", "",
              md_table(cm.component_rows(ev.components), ["Term", "Value", "Unit", "From"]), "",

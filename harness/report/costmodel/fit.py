@@ -11,7 +11,7 @@ import numpy as np
 
 from harness.compute.modes import MODES
 from harness.report.costmodel.points import Point
-from harness.report.costmodel.predict import combine, predict
+from harness.report.costmodel.predict import combine, predict, release_calls
 from harness.report.costmodel.terms import Components, Compute
 from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, HEADER_BYTES, cell_payload
 
@@ -215,7 +215,8 @@ def _fit_bytes(c: Components, remote: list[Point]) -> tuple[Components, dict]:
     for p in remote:
         pay = _payload(p)
         rows.append([1, pay.calls, pay.total])
-        y.append(p.measured.bytes - pay.total - (pay.calls * p.link.empty_call_B if measured else 0))
+        empty_calls = pay.calls + release_calls(MODES[p.mode])
+        y.append(p.measured.bytes - pay.total - (empty_calls * p.link.empty_call_B if measured else 0))
     # each cell weighed by its whole link bytes: the target is the round's bytes, not the overhead
     v, n = _weighted_lstsq(rows, y, [p.measured.bytes for p in remote], ["round_B", "framing_B", "header_share"])
     segment = HEADER_BYTES / v["header_share"] if v["header_share"] > 0 else math.inf

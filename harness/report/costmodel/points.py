@@ -51,6 +51,8 @@ class Measured:
     span_fraction: float | None = None  # forwards' CUDA-event span / wall
     weight_load_s: float | None = None  # sys_simulated's one-time load (CellInfo.weight_load), apart
     weight_load_bytes: float | None = None
+    latency_se_s: float | None = None  # standard error of latency_s (std / sqrt(rounds)); None: one round
+    bytes_se: float | None = None      # standard error of bytes: its rounds differ by a few packets of ACKs
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,11 @@ def _mean_steps(info) -> tuple:
     return tuple(sum(s[i] for s in steps) / len(steps) for i in range(n)) if n else ()
 
 
+def _se(stat) -> float | None:
+    """Standard error of a summary statistic's mean over its rounds; None under two rounds."""
+    return stat.std / stat.n ** 0.5 if stat.n and stat.n > 1 and stat.std is not None else None
+
+
 def load_points(path: Path | str) -> list[Point]:
     """One Point per cell of one pytest-benchmark JSON (a calibration run, or one point of a sweep)."""
     from harness.report.summary import load_infos
@@ -181,7 +188,8 @@ def load_points(path: Path | str) -> list[Point]:
             gpu_sm_pct=s.sm_pct[0], span_fraction=s.util_gpu_span_fraction.mean,
             weight_load_s=(info.weight_load or {}).get("latency_s"),
             weight_load_bytes=info.weight_load and (info.weight_load.get("link_tx_bytes") or 0)
-            + (info.weight_load.get("link_rx_bytes") or 0))
+            + (info.weight_load.get("link_rx_bytes") or 0),
+            latency_se_s=_se(s.latency_s), bytes_se=_se(s.link_bytes))
         batch = int(env.get("batch") or 1)
         points.append(Point(info.model, info.dtype, shape_for(info.model, info.dtype), info.mode, info.phase,
                             int(env.get("prompt_len")), int(info.steps), link, batch, measured, run))

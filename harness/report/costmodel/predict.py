@@ -68,10 +68,20 @@ class Prediction:
         return self.parts["wire"] + self.parts["rtt"]
 
 
-def _bytes_overhead(c: Components, payload: int, calls: int, link: Link) -> float:
+def release_calls(mode) -> int:
+    """Calls a round makes beyond its forwards: a stateful session ends with one, releasing the
+    worker's KV cache (a handle, no payload), whose bytes are the link's empty call."""
+    return 1 if mode.remote and not mode.stateless else 0
+
+
+def _bytes_overhead(c: Components, payload: int, calls: int, link: Link, empty_calls: int = 0) -> float:
+    """Beyond the payload: the round's own bytes, each call's (empty call + framing), the calls that
+    carry nothing (release_calls: an empty call each, where the link's was measured) and a header per
+    segment of payload."""
     segment = link.segment_B or c.segment_B
     headers = payload * HEADER_BYTES / segment if math.isfinite(segment) else 0.0
-    return c.round_B + calls * c.call_B(link.empty_call_B) + headers
+    empty = (link.empty_call_B if link.empty_call_B is not None else c.empty_call_B) or 0.0
+    return c.round_B + calls * c.call_B(link.empty_call_B) + empty_calls * empty + headers
 
 
 def combine(a: float, b: float, k: float) -> float:
@@ -98,7 +108,7 @@ def predict(c: Components, p: Point) -> Prediction:
     if not mode.remote:
         parts["calls"] = len(calls) * c.local_call_s
         return Prediction(sum(parts.values()), 0, 0, parts, compute.source)
-    wire_bytes = payload.total + _bytes_overhead(c, payload.total, payload.calls, p.link)
+    wire_bytes = payload.total + _bytes_overhead(c, payload.total, payload.calls, p.link, release_calls(mode))
     parts["wire"] = wire_s(c, wire_bytes, p.link)
     parts["calls"] = len(calls) * c.call_s
     parts["round"] = c.round_s
