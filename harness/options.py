@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from harness.compute.engine import AUTO, EngineSpec
+from harness.compute.engine import AUTO, GRAPHS, EngineSpec
 from harness.compute.models import ModelSpec, default_device, load_config, max_positions
 from harness.compute.phase import PHASES
 from harness.errors import UsageError
@@ -97,8 +97,8 @@ class SuiteOptions:
             raise UsageError(f"{self.flag('channel')} {self.channel!r}: use one of {', '.join(CHANNELS)}")
         self._validate_link()
         embedded = not (self.gpu_host or self.gpu_addr)  # else the worker's host checks its own device
-        if self.engine == "graphs" and embedded and not self.resolved_device.startswith("cuda"):
-            raise UsageError(f"{self.flag('engine')} graphs captures CUDA graphs: it needs a CUDA device, "
+        if self.engine in GRAPHS and embedded and not self.resolved_device.startswith("cuda"):
+            raise UsageError(f"{self.flag('engine')} {self.engine} captures CUDA graphs: it needs a CUDA device, "
                              f"not {self.resolved_device}; use eager or static")
         self.engine_spec  # validates the engine's name
         self.host()  # validates the ssh target

@@ -137,3 +137,49 @@ def test_gap_cost_times_the_same_steps_with_and_without_the_wait(monkeypatch):
     assert out["gap_s"] == 0.002 and len(out["tpot_gap_all_s"]) == len(out["tpot_no_gap_all_s"]) == 3
     assert out["gap_cost_s"] == pytest.approx(out["tpot_gap_s"] - out["tpot_no_gap_s"])
     assert waits == [0.002] * ((2 + 1) + 3 * (4 + 1)), "a wait after every forward of the gapped runs only"
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_a_prompts_explicit_mask_computes_transformers_own_prefill(name):
+    """graphs-all hands a prompt its causal mask (harness.compute.engine._prompt_mask: a capture cannot
+    hold transformers' host-side choice of is_causal). Run eagerly on the CPU into the same static
+    cache, it gives transformers' own prefill: the logits, the cache, and the next step after it."""
+    from harness.compute.engine import Engine
+    model = build_model(ModelSpec(name, "fp32"), "cpu")
+    engine = Engine(model, EngineSpec("static", 16 + 4))
+    ids = prompt_ids(model.config, 16, seed=0)
+    own, masked = engine.new_slot(), engine.new_slot()
+    a = engine.forward(own, ids).clone()
+    b = engine._eager(masked.cache, ids, engine._prompt_mask(16))
+    masked.length = 16
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for x, y in zip(engine.kv(masked), engine.kv(own)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    step = a.argmax(-1, keepdim=True)
+    torch.testing.assert_close(engine.forward(masked, step), engine.forward(own, step), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="graphs-all captures CUDA graphs: run it on a GPU host "
+                    "(pytest tests/test_equivalence.py -k captured)")
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_a_captured_prompt_replays_its_eager_run(name):
+    """graphs-all's prompt graph gives what the same masked prefill gives eagerly, in a fresh slot
+    and again from the pool (a replay, not a second capture), and decodes the same tokens after it."""
+    from harness.compute.engine import Engine
+    model = build_model(ModelSpec(name, "fp16"), "cuda")
+    ids = prompt_ids(model.config, 16, seed=0).cuda()
+    eager = Engine(model, EngineSpec("static", 16 + 9))
+    ref = eager._eager(eager.new_slot().cache, ids, eager._prompt_mask(16))
+    graphs = Engine(model, EngineSpec("graphs-all", 16 + 9))
+    runs = []
+    for _ in range(2):
+        slot = graphs.new_slot()
+        logits = graphs.forward(slot, ids).clone()
+        torch.testing.assert_close(logits, ref)
+        tokens = [int(logits.argmax())]
+        for _ in range(8):
+            tokens.append(int(graphs.forward(slot, torch.tensor([[tokens[-1]]], device="cuda")).argmax()))
+        runs.append((tokens, slot))
+        graphs.release(slot)
+    assert runs[0][0] == runs[1][0], runs
+    assert runs[1][1] is runs[0][1] and list(runs[1][1].prompts) == [16], "the pooled slot replays its prompt graph"

@@ -197,6 +197,7 @@ def test_cells_refuse_to_run_concurrently():
 @pytest.mark.parametrize("args,needle", [
     (["--gap-steps", "0"], "--gap-steps 0 must be >= 1"),
     (["--gap-threads", "0"], "--gap-threads 0 must be >= 1"),
+    (["--gap-engine", "graphs-all"], "graphs-all captures CUDA graphs: it needs a CUDA device"),
     (["--gap-model", "nosuch"], "unknown model 'nosuch'"),
     (["--gap-compare-fail", "speed:5"], "expected METRIC:N%"),
     (["--gap-prompt-len", "600"], "exceeds tiny's context of 512"),

@@ -9,6 +9,12 @@
   numerics without the graph, so the CPU can test everything but the capture.
 - graphs: static, with each slot's decode step captured once as a CUDA graph and replayed: one
   launch a token (H100: gpt2 0.90 ms, llama-1b 3.1 ms, the 8B shape 8.9 ms a token).
+- graphs-all: graphs, and each prompt length's prefill (from position 0) captured too. Why: an
+  eager prefill is bound by the host as well: on the H200 llama-1b's 128-token prefill took 25 ms
+  of host time (792 kernel launches) against 3 ms of GPU time, and moved 1.25-1.9x from process
+  to process. The prompt runs behind an explicit causal mask: transformers' own prefill into an
+  empty static cache decides on is_causal by reading the cache's position on the host (a sync,
+  which a capture cannot hold). Not yet run on a GPU: opt in until a GPU run has measured it.
 
 A cache lives in a Slot. Slots are pooled: a released slot keeps its buffers and its captured
 graph for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
@@ -29,7 +35,8 @@ from harness.compute import threads as host_threads
 from harness.compute.models import forward_step
 from harness.errors import UsageError
 
-ENGINES = ("eager", "static", "graphs")
+ENGINES = ("eager", "static", "graphs", "graphs-all")
+GRAPHS = ("graphs", "graphs-all")  # the engines that capture CUDA graphs
 AUTO = "auto"  # graphs on a CUDA device, else eager: each host picks for the device it runs on
 
 
@@ -57,20 +64,23 @@ def resolved(spec: EngineSpec, device) -> EngineSpec:
 
 
 class Slot:
-    """One session's KV cache and, for graphs, its captured decode step."""
+    """One session's KV cache and, for graphs, its captured decode step (and, for graphs-all, its
+    captured prefill per prompt length)."""
 
     def __init__(self, cache):
         self.cache = cache
         self.length = 0         # positions filled, kept here so that reading it never syncs the device
         self.step: Captured | None = None  # graphs: the decode step, once captured
+        self.prompts: dict[int, Captured] = {}  # graphs-all: prompt length -> its prefill from position 0
 
 
 @dataclass
 class Captured:
-    """A decode step captured as a CUDA graph: replay reads ids and writes logits at fixed addresses."""
+    """A forward captured as a CUDA graph: replay reads ids and writes logits at fixed addresses."""
     graph: "torch.cuda.CUDAGraph"
-    ids: torch.Tensor       # [batch, 1] input, on the device
+    ids: torch.Tensor       # [batch, n] input, on the device (n = 1: a decode step)
     logits: torch.Tensor    # [batch, vocab] output
+    mask: torch.Tensor | None = None  # a prompt's [1, 1, n, max_len] causal mask, which the graph reads
 
 
 class _NoEvent:
@@ -84,7 +94,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.spec = spec = resolved(spec, self.device)
         self.threads = host_threads.apply(spec.threads, self.device)  # this process's: client or worker
-        if spec.name == "graphs" and self.device.type != "cuda":
+        if spec.name in GRAPHS and self.device.type != "cuda":
             raise UsageError(f"the graphs engine captures CUDA graphs: it needs a CUDA device, not "
                              f"{self.device}; use --gap-engine eager (or static)")
         self._free: list[Slot] = []
@@ -116,10 +126,10 @@ class Engine:
         events = self._span
         events[0].record()
         with torch.inference_mode():
-            if not self._replayable(ids):
+            if not self._replayable(slot, ids):
                 logits = self._eager(slot.cache, ids)
             else:
-                step = slot.step or self._capture(slot, ids)
+                step = self._graph(slot, ids)
                 events[0].record()  # after a capture: the span is the step, not the capture
                 step.ids.copy_(ids)
                 step.graph.replay()
@@ -128,12 +138,25 @@ class Engine:
         slot.length += ids.shape[1]
         return logits
 
-    def _replayable(self, ids: torch.Tensor) -> bool:
-        """graphs replays decode steps only (the cache keeps its position on the device). A
-        prompt stays eager: captured from position 0, llama-1b's prompt graph hit a device-side
-        assert in SDPA on the H200 (transformers 5.24 shapes a prefill into an empty static cache
-        from host-side state, and documents prefill as never compiled)."""
-        return self.spec.name == "graphs" and ids.shape[1] == 1
+    def _replayable(self, slot: Slot, ids: torch.Tensor) -> bool:
+        """graphs replays decode steps (the cache keeps its position on the device); graphs-all
+        also a prompt into an empty cache. graphs keeps prompts eager: transformers 5.24 shapes a
+        prefill into an empty static cache from host-side state and documents prefill as never
+        compiled (graphs-all passes the mask itself: _prompt_mask)."""
+        if ids.shape[1] == 1:
+            return self.spec.name in GRAPHS
+        return self.spec.name == "graphs-all" and slot.length == 0
+
+    def _graph(self, slot: Slot, ids: torch.Tensor) -> Captured:
+        if ids.shape[1] == 1:
+            return slot.step or self._capture(slot, ids)
+        return slot.prompts.get(ids.shape[1]) or self._capture(slot, ids, self._prompt_mask(ids.shape[1]))
+
+    def _prompt_mask(self, n: int) -> torch.Tensor:
+        """[1, 1, n, max_len] bool, True where query i may attend key j (j <= i): a prompt from position
+        0 into the static cache. Given to the model, it replaces the mask transformers would build,
+        whose choice of SDPA's is_causal reads the cache's position on the host."""
+        return torch.ones(n, self.spec.max_len, dtype=torch.bool, device=self.device).tril()[None, None]
 
     def gpu_span_s(self) -> float | None:
         """Device time from the last forward's first to its last kernel (CUDA events; None off
@@ -142,26 +165,32 @@ class Engine:
         start, end = self._span
         return None if isinstance(start, _NoEvent) else start.elapsed_time(end) / 1e3
 
-    def _eager(self, cache, ids):
-        return forward_step(self.model, ids, cache)
+    def _eager(self, cache, ids, mask=None):
+        return forward_step(self.model, ids, cache, attention_mask=mask)
 
-    def _capture(self, slot: Slot, ids: torch.Tensor) -> Captured:
-        """Warm the forward up on a side stream (as torch.cuda.graph requires), rewind the cache to
-        where it was, and capture; the cache's own position counter advances at each replay."""
+    def _capture(self, slot: Slot, ids: torch.Tensor, mask: torch.Tensor | None = None) -> Captured:
+        """Warm the forward up on a side stream (as torch.cuda.graph requires), from where the cache
+        is each time (a prompt's second warm-up would otherwise write past max_len), rewind, and
+        capture; the cache's own position counter advances at each replay. mask: a prompt's."""
         n = slot.length
         buf = ids.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._eager(slot.cache, buf)
+                self._rewind(slot, n)
+                self._eager(slot.cache, buf, mask)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._rewind(slot, n)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._eager(slot.cache, buf)
-        slot.step = Captured(graph, buf, logits)  # only a whole capture goes back to the pool
-        return slot.step
+            logits = self._eager(slot.cache, buf, mask)
+        captured = Captured(graph, buf, logits, mask)  # only a whole capture goes back to the pool
+        if ids.shape[1] == 1:
+            slot.step = captured
+        else:
+            slot.prompts[ids.shape[1]] = captured
+        return captured
 
     # -- the cache as tensors (the naive mode ships it) ------------------------------------
     def seq_len(self, slot: Slot) -> int:

@@ -180,12 +180,16 @@ def cache_kwarg(model_cls) -> str:
     return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
-def forward_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor:
+def forward_step(model, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """One forward pass that extends `cache` in place; returns the last position's logits [1, vocab].
 
     `logits_to_keep=1` computes the lm_head for the last position only, as generate() does.
+    attention_mask: a 4D mask to use as given (harness.compute.engine's prompt graphs); None: the
+    model builds its own.
     """
     kw = {cache_kwarg(type(model)): cache}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
     with torch.inference_mode():
         out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kw)
     return out.logits[:, -1, :]
