@@ -95,7 +95,7 @@ class Engine:
         self.spec = spec = resolved(spec, self.device)
         self.threads = host_threads.apply(spec.threads, self.device)  # this process's: client or worker
         if spec.name in GRAPHS and self.device.type != "cuda":
-            raise UsageError(f"the graphs engine captures CUDA graphs: it needs a CUDA device, not "
+            raise UsageError(f"the {spec.name} engine captures CUDA graphs: it needs a CUDA device, not "
                              f"{self.device}; use --gap-engine eager (or static)")
         self._free: list[Slot] = []
         cuda = self.device.type == "cuda"  # one pair of events, reused: nothing made per forward
