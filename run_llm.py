@@ -70,6 +70,7 @@ def build_request(args):
 
 
 def run(args) -> dict:
+    from harness.compute import hostmem
     from harness.compute import threads as host_threads
     from harness.compute.models import build_model, load_config, prompt_ids
     from harness.compute.modes import MODES
@@ -78,6 +79,7 @@ def run(args) -> dict:
 
     opts = build_request(args)
     host_threads.apply(opts.threads, opts.resolved_device)  # this process's, whichever mode runs
+    hostmem.keep_freed_memory()                             # as the worker's (rpc_server.py --malloc)
     spec = opts.spec
     prompt = prompt_ids(load_config(spec), opts.prompt_len, opts.seed, opts.batch)
     if not MODES[args.mode].remote:

@@ -72,7 +72,7 @@ def test_six_cells_with_rounds_bytes_and_utilization(smoke):
     assert info["rpc_noop_packets_per_call"] >= 2, info["rpc_noop_packets_per_call"]
     assert info["rpc_noop_wire_bytes_per_call"] > info["rpc_framing_bytes_per_call"], info
     assert all(info["link_check"][f"iperf3_gbps_{n}_stream"] > 0 for n in (1, 4, 16)), info["link_check"]
-    assert info["worker_malloc"] == "keep", info["worker_malloc"]
+    assert info["worker_malloc"] == info["client_malloc"] == "keep", (info["worker_malloc"], info["client_malloc"])
     # both processes give the model the same host threads: on a CPU device, torch's default
     assert info["threads"]["client"] == info["threads"]["gpu_host"] >= 1, info["threads"]
     # naive prefill, a call a round, warms up until its worker's receive buffer has settled (2 calls);

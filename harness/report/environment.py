@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from harness.compute import hostmem
 from harness.compute.calls import call
 from harness.testbed import cpuidle
 
@@ -68,8 +69,8 @@ def describe_testbed(bed, opts) -> dict:
             "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
             "model": opts.spec.name, "dtype": opts.spec.dtype,
             "device": worker["device"], "client_device": opts.resolved_device,
-            # the worker's malloc policy changes what naive's receive costs (harness/compute/hostmem.py)
-            "worker_malloc": worker["malloc"], "engine": worker["engine"],
+            # the malloc policy changes what naive's receive and local's activations cost (harness/compute/hostmem.py)
+            "worker_malloc": worker["malloc"], "client_malloc": hostmem.POLICY, "engine": worker["engine"],
             # host intra-op threads each process gave the model (harness/compute/threads.py)
             "threads": {"client": torch.get_num_threads(), "gpu_host": worker["threads"]},
             # idle CPUs poll or halt: what a call after a wait pays to wake (harness/testbed/cpuidle.py)
