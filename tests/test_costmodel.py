@@ -139,6 +139,8 @@ def test_fit_takes_each_links_empty_call_from_its_run():
     assert b - a == pytest.approx(100.0 * (len(p.calls()) + 1))
     blind = [replace(p, link=replace(p.link, empty_call_B=None)) for p in points]
     assert cm.fit(blind).empty_call_B is None
+    # a fit whose round_B holds the release call takes no empty call from the point's link either
+    assert cm.predict(cm.fit(blind), p).bytes == cm.predict(cm.fit(blind), replace(p, link=replace(p.link, empty_call_B=None))).bytes
     assert cm.evaluate(blind, fit_on, held_out).worst()[1] > cm.BYTES_TARGET
 
 

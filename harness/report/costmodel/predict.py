@@ -76,12 +76,11 @@ def release_calls(mode) -> int:
 
 def _bytes_overhead(c: Components, payload: int, calls: int, link: Link, empty_calls: int = 0) -> float:
     """Beyond the payload: the round's own bytes, each call's (empty call + framing), the calls that
-    carry nothing (release_calls: an empty call each, where the link's was measured) and a header per
+    carry nothing (release_calls: an empty call each, where the calibration measured them) and a header per
     segment of payload."""
     segment = link.segment_B or c.segment_B
     headers = payload * HEADER_BYTES / segment if math.isfinite(segment) else 0.0
-    empty = (link.empty_call_B if link.empty_call_B is not None else c.empty_call_B) or 0.0
-    return c.round_B + calls * c.call_B(link.empty_call_B) + empty_calls * empty + headers
+    return c.round_B + calls * c.call_B(link.empty_call_B) + empty_calls * c.empty_B(link.empty_call_B) + headers
 
 
 def combine(a: float, b: float, k: float) -> float:

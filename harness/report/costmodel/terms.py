@@ -99,9 +99,14 @@ class Components:
     notes: dict = field(default_factory=dict)       # term -> how this fit got it
     sources: tuple = ()                             # the calibration JSONs
 
-    def call_B(self, link_empty_call_B: float | None = None) -> float:
-        """A call's wire bytes beyond its payload's headers: the empty call's on the link (its run's
-        measure, else the calibration's), then framing_B; framing_B alone where none was measured."""
+    def empty_B(self, link_empty_call_B: float | None = None) -> float:
+        """An empty call's wire bytes on the link: its run's measure, else the calibration's; 0 where
+        the calibration measured none (framing_B then holds a whole call's framing, and round_B the
+        release call's)."""
         if self.empty_call_B is None:
-            return self.framing_B
-        return (self.empty_call_B if link_empty_call_B is None else link_empty_call_B) + self.framing_B
+            return 0.0
+        return self.empty_call_B if link_empty_call_B is None else link_empty_call_B
+
+    def call_B(self, link_empty_call_B: float | None = None) -> float:
+        """A call's wire bytes beyond its payload's headers: the link's empty call, then framing_B."""
+        return self.empty_B(link_empty_call_B) + self.framing_B
