@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from harness.compute.baseline import generate_cache
-from harness.compute.engine import EngineSpec
-from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
+from harness.compute.engine import ENGINES, GRAPHS, EngineSpec
+from harness.compute.models import ModelSpec, build_model, default_device, load_config, prompt_ids
 from harness.compute.modes import LocalBackend, NaiveBackend, SysBackend
 from harness.compute.phase import run_phase
 
 STEPS = 12
+# the engines this host can run: the graph engines capture CUDA graphs
+HERE = [e for e in ENGINES if e not in GRAPHS or torch.cuda.is_available()]
 
 
 def _generate(model, prompt, n_new, engine: EngineSpec):
@@ -20,24 +22,26 @@ def _generate(model, prompt, n_new, engine: EngineSpec):
     return out[0, prompt.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("engine", ["eager", "static"])
+@pytest.mark.parametrize("engine", HERE)
 @pytest.mark.parametrize("name,dtype", [("tiny", "fp32"), ("tiny-llama", "fp32"), ("tiny-llama", "bf16")])
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_three_modes_and_generate_agree(gap_testbed, name, dtype, phase, engine):
-    """Every engine the CPU can run (graphs needs CUDA: the GPU run checks it the same way)."""
+    """Every engine this host can run, all three modes on the worker's device (on a GPU host a
+    CPU-run local mode would differ from the GPU's in bf16 by rounding, not by function)."""
     spec = ModelSpec(name, dtype)
-    model = build_model(spec, "cpu")
-    prompt = prompt_ids(load_config(spec), 32, seed=0)
+    device = gap_testbed.device or default_device()
+    model = build_model(spec, device)
+    prompt = prompt_ids(load_config(spec), 32, seed=0)  # on the CPU, as run_phase takes it
     eng = EngineSpec(engine, 32 + STEPS + 1)
     worker = gap_testbed.worker(spec, eng)
-    state_dict = model.state_dict()
+    state_dict = build_model(spec, "cpu").state_dict()  # the client ships its CPU weights (same seed)
     tokens = {}
     makers = (lambda: LocalBackend(model, eng), lambda: NaiveBackend(worker, state_dict),
               lambda: SysBackend(worker, state_dict))  # in turn: naive unloads sys's weights
     for make in makers:
         backend = make()
         tokens[backend.mode] = run_phase(backend, prompt, phase, STEPS).tokens
-    expected = _generate(model, prompt, STEPS + 1 if phase == "decode" else 1, eng)
+    expected = _generate(model, prompt.to(device), STEPS + 1 if phase == "decode" else 1, eng)
     assert tokens["local"] == expected, "local loop differs from generate()"
     assert tokens["naive"] == expected and tokens["sys_simulated"] == expected, tokens
     assert len(set(expected)) > 1 or phase == "prefill", "degenerate tokens prove nothing"
