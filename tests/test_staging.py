@@ -8,7 +8,7 @@ import torch
 
 from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
 from harness.compute.packing import pack
-from harness.compute.staging import FlatParams, HostStaging
+from harness.compute.staging import FlatParams, HostStaging, covered
 from harness.compute.worker import RemoteWorker
 
 
@@ -64,3 +64,30 @@ def test_chunked_pinned_copy_moves_every_byte(monkeypatch):
     HostStaging(torch.device("cuda")).to_device(src, dst)
     torch.cuda.synchronize()
     assert torch.equal(dst.cpu(), src)
+
+
+def test_a_range_counts_as_pinned_only_when_a_locked_range_holds_all_of_it():
+    locked = {4096: 8192}  # [4096, 12288)
+    assert covered(4096, 12288, locked) is True and covered(5000, 6000, locked) is True
+    assert covered(8192, 16384, locked) is False and covered(0, 5000, locked) is False
+    assert covered(12288, 20000, locked) is None and covered(0, 4096, locked) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locking needs a CUDA device; "
+                    "the GPU run exercises it")
+def test_a_buffer_locked_only_in_part_is_staged():
+    """A receive buffer that starts in a range locked for an earlier, smaller one (another worker's
+    weights, in one process) reads as pinned; a direct DMA from it failed with 'invalid argument'."""
+    src = torch.randn(1 << 20)
+    dst = torch.empty_like(src, device="cuda")
+    staging = HostStaging(torch.device("cuda"), pin_received=True)
+    staging._register(src.data_ptr(), src.nbytes // 2)
+    try:
+        assert src.is_pinned(), "the pointer reads as pinned: the case this guards"
+        staging.to_device(src, dst)
+        torch.cuda.synchronize()
+        assert torch.equal(dst.cpu(), src)
+    finally:
+        for start in list(staging.registered):
+            torch.cuda.cudart().cudaHostUnregister(start)
+            del staging.registered[start]

@@ -27,6 +27,22 @@ from harness.compute.packing import Packed, pack, unpack
 PAGE = 4096
 MAX_REGISTERED = 2  # receive buffers kept page-locked: one per place the weights have landed lately
 CHUNK_BYTES = 64 << 20  # small enough for copy and DMA to overlap, large enough to run at full speed
+# receive ranges page-locked with cudaHostRegister, start -> bytes. The process's, not one
+# staging's: a page is locked for the whole process, and two workers in one process (the tests'
+# models) receive into one heap, so one's next buffer can start inside the other's locked range.
+REGISTERED: dict[int, int] = {}
+
+
+def covered(lo: int, hi: int, ranges: dict[int, int]) -> bool | None:
+    """[lo, hi) within one of ranges (start -> bytes): True; overlapping one only in part: False;
+    touching none: None. In part matters: such a pointer reads as pinned (cudaPointerGetAttributes
+    looks at its first byte), but a DMA from it fails with cudaErrorInvalidValue."""
+    for start, n in ranges.items():
+        if start <= lo and hi <= start + n:
+            return True
+        if lo < start + n and start < hi:
+            return False
+    return None
 
 
 class HostStaging:
@@ -40,7 +56,7 @@ class HostStaging:
         self.cuda = device.type == "cuda"
         self._pinned: torch.Tensor | None = None
         self.pin_received = pin_received and self.cuda   # see the module's docstring
-        self.registered: dict[int, int] = {}             # page-aligned start -> bytes, registered
+        self.registered = REGISTERED                     # page-aligned start -> bytes, the process's
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         if self._pinned is None or self._pinned.numel() < nbytes:
@@ -52,12 +68,17 @@ class HostStaging:
         on CUDA: the caller's clock synchronises. pin: src is a receive buffer worth page-locking
         for the next call (the weights; a KV cache is small, and its buffer moves as it grows)."""
         assert src.shape == dst.shape and src.dtype == dst.dtype, (src.shape, dst.shape, src.dtype, dst.dtype)
-        if not self.cuda or src.is_pinned():
+        if not self.cuda or self._pinned_whole(src):
             dst.copy_(src, non_blocking=self.cuda)
             return
         self._staged(src, dst)
         if pin and self.pin_received:
             self._register(src.data_ptr(), src.nbytes)
+
+    def _pinned_whole(self, src: torch.Tensor) -> bool:
+        """Every byte of src page-locked: in a range registered here, or torch's own pinned memory."""
+        whole = covered(src.data_ptr(), src.data_ptr() + src.nbytes, self.registered)
+        return src.is_pinned() if whole is None else whole
 
     def _staged(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         stage = self._buffer(src.nbytes)[:src.nbytes].view(src.dtype)
