@@ -75,6 +75,25 @@ class HostStaging:
         if pin and self.pin_received:
             self._register(src.data_ptr(), src.nbytes)
 
+    def upload(self, t: torch.Tensor) -> torch.Tensor:
+        """A received host tensor (any shape) on the device, by to_device: a small one too may
+        start inside a locked range and end past it."""
+        if not self.cuda:
+            return t.to(self.device)
+        dst = torch.empty(t.shape, dtype=t.dtype, device=self.device)
+        self.to_device(t.contiguous().view(-1), dst.view(-1))
+        return dst
+
+    def download(self, t: torch.Tensor) -> torch.Tensor:
+        """t's copy in host memory that torch's pinned allocator owns, never in the heap, where an
+        allocation may straddle a locked range (covered) and a copy into it fail. A reply owns it."""
+        if not self.cuda:
+            return t.cpu()
+        return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+
+    def download_packed(self, p: Packed) -> Packed:
+        return p._replace(buffers={dt: self.download(b) for dt, b in p.buffers.items()})
+
     def _pinned_whole(self, src: torch.Tensor) -> bool:
         """Every byte of src page-locked: in a range registered here, or torch's own pinned memory."""
         whole = covered(src.data_ptr(), src.data_ptr() + src.nbytes, self.registered)

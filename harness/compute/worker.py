@@ -127,7 +127,7 @@ class RemoteWorker:
                 self.engine.load_kv(slot, unpack_kv(self.staging.packed_to_device(kv_cache)))
             clock.lap("h2d_s")
             logits = self._step(input_ids, slot, clock)
-            reply_kv = pack_kv(self.engine.kv(slot)).to("cpu")  # packed on the device: one copy back
+            reply_kv = self.staging.download_packed(pack_kv(self.engine.kv(slot)))  # packed on the device: one copy back
         finally:
             self.engine.release(slot)  # its buffers (and captured step) serve the next call; its contents do not
         clock.lap("d2h_s")
@@ -235,12 +235,12 @@ class RemoteWorker:
         """One forward extending the slot's cache; charges h2d/compute/d2h to clock. Returns the
         logits on the CPU, or with greedy the next token per sequence (the argmax taken here, as
         the local loop takes it beside its GPU)."""
-        ids = on_device(ids, self.device)
+        ids = self.staging.upload(on_device(ids, "cpu"))
         clock.lap("h2d_s")
         logits = self.engine.forward(slot, ids)
         clock.lap("compute_s")
         clock.add("gpu_span_s", self.engine.gpu_span_s())
-        out = greedy_tokens(logits) if greedy else logits.cpu()
+        out = greedy_tokens(logits, self.staging.download) if greedy else self.staging.download(logits)
         clock.lap("d2h_s")
         return out
 
