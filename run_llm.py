@@ -54,7 +54,7 @@ def parse_args(argv):
                    "(tc tbf) [unshaped]")
     p.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together [1]")
     p.add_argument("--engine", help="eager | static | graphs | graphs-all: how every mode runs the model "
-                   "[graphs on CUDA, else eager]")
+                   "[graphs-all on CUDA, else eager]")
     p.add_argument("--threads", type=int, help="host threads torch gives the model's CPU work "
                    "[1 on CUDA, else one per core]")
     return p.parse_args(argv)

@@ -45,7 +45,7 @@ class SuiteOptions:
     link_profile: str | None = None           # a named link (testbed.link.PROFILES): sets link_gbps
     link_strict: bool = False                 # ... and fail instead
     batch: int = 1              # sequences decoded together, as a serving system batches
-    engine: str | None = None   # eager | static | graphs | graphs-all; None: graphs on CUDA, else eager
+    engine: str | None = None   # eager | static | graphs | graphs-all; None: graphs-all on CUDA, else eager
     threads: int | None = None  # host intra-op threads for the model; None: 1 on CUDA, else one per core
     util_samples: int = 5       # dmon samples a cell's utilization window holds at least; 0: no window
     strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
