@@ -116,6 +116,8 @@ def test_rpc_bound_and_costly_analysis_are_target_misses():
     costly = cell("sys_simulated", analysis_s=0.1)  # 20% of a 0.5 s round
     assert any("reading the capture took 20.0%" in m for m in target_misses(costly))
     assert target_misses(cell("local", analysis_s=0.1)) == [], "local has no capture to read"
+    quick = cell("sys_simulated", latency_s=0.004, analysis_s=0.0008)  # 20% of a 4 ms round, in 0.8 ms
+    assert target_misses(quick) == [], "a read shorter than tcpdump's own start slows no run"
 
 
 def test_probe_overhead_over_target_is_a_miss():
