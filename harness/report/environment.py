@@ -38,7 +38,8 @@ def link_facts(iface: str) -> dict:
             return open(f"/sys/class/net/{iface}/{attr}").read().strip()
         except OSError:
             return None
-    return {"iface": iface, "mtu": read("mtu"), "speed_mbps": read("speed")}
+    # type: ARPHRD_* (1: Ethernet, whose 14-byte header the counters count; 65534: none, a TUN)
+    return {"iface": iface, "mtu": read("mtu"), "speed_mbps": read("speed"), "type": read("type")}
 
 
 def changed_files(repo: Path) -> list[str] | None:

@@ -22,7 +22,8 @@ import torch
 
 from harness.compute.tokens import TOKEN_BYTES
 
-HEADER_BYTES = 66
+HEADER_BYTES = 66     # a packet's headers as an Ethernet interface's counters count them: 14 + IPv4 20 + TCP 32
+ETHERNET_BYTES = 14   # ... of which the link layer's: a TUN (the delay line's) has none, so counts 52
 CLOSURE_TOLERANCE = 0.02
 CLOSURE_MIN_PAYLOAD = 1_000_000
 

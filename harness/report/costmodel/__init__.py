@@ -16,12 +16,14 @@ one call per step j = 0..steps-1 (one token, a cache of P + j tokens). Per round
 
 Bytes of a round, both directions, Ethernet/IP/TCP headers included as the link's counters count:
 
-  bytes = payload + round_B + calls x (empty_call_B + framing_B) + payload x HEADER_BYTES / segment_B
+  bytes = payload + s x (round_B + calls x framing_B + payload x HEADER_BYTES / segment_B)
+          + calls x empty_call_B     (s: the link's header per an Ethernet one's, Link.header_scale)
 
 payload is harness.report.payload_model.cell_payload's, exact; the other terms are the protocol: a
 session's set-up, an empty call's bytes on the point's link (its run's own control; 0 where the
 calibration runs did not measure it), RPC framing per call beyond that, and one 66-byte header per
-packet of segment_B payload bytes.
+packet of segment_B payload bytes; the first three are mostly header-only packets, so on a link whose
+counters count a smaller header (a TUN: 52 B, no Ethernet) they scale with it.
 
 Every term, its unit and where its number comes from is in TERMS; `Components.notes` says, per fit,
 which cells gave it or why it holds a default. The fit is relative least squares (each point's error

@@ -206,15 +206,18 @@ def _step_slope(points: list[Point]) -> tuple[float, str]:
 
 
 def _fit_bytes(c: Components, remote: list[Point]) -> tuple[Components, dict]:
-    """link - payload = round_B + calls x (empty_call + framing) + payload x 66 / segment. Where every
+    """link - payload = s x (round_B + calls x framing_B + payload x 66 / segment) + calls x empty_call,
+    s the link's header per an Ethernet header's (Link.header_scale: 52/66 on a TUN). Where every
     cell's run measured an empty call on its own link (Link.empty_call_B), that is a call's base and
     framing_B what a call carries beyond it: how many packets a small call takes (headers, ACKs, writes
-    that a shaped queue packs together) is the link's, not the cell's. Else framing_B is all of it."""
+    that a shaped queue packs together) is the link's, not the cell's. Else framing_B is all of it.
+    Why s: on the CPU box's sweep the bytes beyond payload and empty calls were 0.80-0.82 as many
+    through the delay line's TUNs as on the veth, for the same cells: header-only packets, 52 B there."""
     measured = all(p.link.empty_call_B is not None for p in remote)
     rows, y = [], []
     for p in remote:
         pay = _payload(p)
-        rows.append([1, pay.calls, pay.total])
+        rows.append([p.link.header_scale * x for x in (1, pay.calls, pay.total)])
         empty_calls = pay.calls + release_calls(MODES[p.mode])
         y.append(p.measured.bytes - pay.total - (empty_calls * p.link.empty_call_B if measured else 0))
     # each cell weighed by its whole link bytes: the target is the round's bytes, not the overhead

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from harness.compute.modes import MODES
-from harness.report.payload_model import Shape
+from harness.report.payload_model import ETHERNET_BYTES, HEADER_BYTES, Shape
 
 
 # --- points: what a cell ran on, and what was measured -------------------------------------------------
@@ -22,6 +22,12 @@ class Link:
     label: str = ""
     empty_call_B: float | None = None  # an empty RPC's wire bytes both ways on this link, headers and
                                        # ACKs included (the run's own control); None: not measured
+    header_B: float = HEADER_BYTES     # a packet's headers as this link's counters count them (a TUN: 52)
+
+    @property
+    def header_scale(self) -> float:
+        """This link's bytes of a header-only packet (an ACK) per an Ethernet link's."""
+        return self.header_B / HEADER_BYTES
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,15 @@ def link_of(env: dict) -> Link:
     if rtt_ms is None and (m := _RTT_LABEL.search(label)):
         rtt_ms = float(m.group(1) or m.group(2))
     return Link(goodput_Bps=gbps * 1e9 / 8, rtt_s=(rtt_ms or 0.0) / 1e3, nominal_gbps=shaped, label=label,
-                empty_call_B=env.get("rpc_noop_wire_bytes_per_call"))
+                empty_call_B=env.get("rpc_noop_wire_bytes_per_call"), header_B=_header_B(env, label))
+
+
+def _header_B(env: dict, label: str) -> float:
+    """Headers per packet on the client's interface: no link layer on a TUN (ARPHRD_NONE, 65534; runs
+    before the type was recorded name it in the label: 'TUN pair'), else Ethernet's."""
+    kind = (env.get("client_link") or {}).get("type")
+    tun = kind == "65534" if kind is not None else label.startswith("TUN pair")
+    return HEADER_BYTES - ETHERNET_BYTES if tun else HEADER_BYTES
 
 
 _SHAPES: dict = {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from harness.compute.modes import MODES
 from harness.report.costmodel.points import Link, Point
 from harness.report.costmodel.terms import Components, Compute
-from harness.report.payload_model import HEADER_BYTES, Shape, cell_payload
+from harness.report.payload_model import Shape, cell_payload
 
 
 # --- public specifications of GPUs (datasheets), used only to scale compute to another GPU ---------------
@@ -77,10 +77,13 @@ def release_calls(mode) -> int:
 def _bytes_overhead(c: Components, payload: int, calls: int, link: Link, empty_calls: int = 0) -> float:
     """Beyond the payload: the round's own bytes, each call's (empty call + framing), the calls that
     carry nothing (release_calls: an empty call each, where the calibration measured them) and a header per
-    segment of payload."""
+    segment of payload. round_B and framing_B are an Ethernet link's and scale with the link's header
+    (they are mostly header-only packets: ACKs, descriptors); the empty call is the link's own measure."""
     segment = link.segment_B or c.segment_B
-    headers = payload * HEADER_BYTES / segment if math.isfinite(segment) else 0.0
-    return c.round_B + calls * c.call_B(link.empty_call_B) + empty_calls * c.empty_B(link.empty_call_B) + headers
+    headers = payload * link.header_B / segment if math.isfinite(segment) else 0.0
+    protocol = link.header_scale * (c.round_B + calls * c.framing_B)
+    empty = (calls + empty_calls) * c.empty_B(link.empty_call_B)
+    return protocol + empty + headers
 
 
 def combine(a: float, b: float, k: float) -> float:

@@ -45,14 +45,16 @@ TERMS = {
                    "per-step times (slope against cache length), else 0"),
     "framing_B": ("bytes per call", "wire bytes of a call beyond its payload and per-segment headers: "
                   "pickled call, tensor descriptors, TensorPipe headers, small packets (ACKs, descriptors); "
-                  "beyond an empty call's (empty_call_B) where the runs measured that",
+                  "beyond an empty call's (empty_call_B) where the runs measured that; an Ethernet link's, "
+                  "scaled by a link's header per packet (a TUN's 52 B: x 52/66)",
                   "fitted: remote cells' link bytes - payload"),
     "empty_call_B": ("bytes per call", "an empty RPC's wire bytes both ways, headers and ACKs included: "
                      "how many packets a small call takes is the link's (a shaped queue packs small writes "
                      "together, a TUN counts no Ethernet header)", "measured per run by the empty-call "
                      "control on the run's own link; the calibration's mean where a point has none"),
     "round_B": ("bytes per round", "wire bytes of a round beyond its calls' (a session's first call: its "
-                "cache id, the channel's first use)", "fitted with framing_B (prefill rounds have 1 call)"),
+                "cache id, the channel's first use); an Ethernet link's, scaled as framing_B",
+                "fitted with framing_B (prefill rounds have 1 call)"),
     "segment_B": ("payload bytes per packet", "TCP payload per packet the counters count (a veth counts "
                   "GSO super-packets; a NIC at MTU 1500 counts 1448-byte segments)",
                   f"fitted with framing_B ({HEADER_BYTES} B of headers per packet), or set by the link"),
