@@ -127,7 +127,7 @@ class RemoteWorker:
                 self.engine.load_kv(slot, unpack_kv(self.staging.packed_to_device(kv_cache)))
             clock.lap("h2d_s")
             logits = self._step(input_ids, slot, clock)
-            reply_kv = self.staging.download_packed(pack_kv(self.engine.kv(slot)))  # packed on the device: one copy back
+            reply_kv = self.staging.download_packed(pack_kv(self.engine.kv(slot)))  # packed on the device: one copy
         finally:
             self.engine.release(slot)  # its buffers (and captured step) serve the next call; its contents do not
         clock.lap("d2h_s")
