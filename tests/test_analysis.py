@@ -6,7 +6,7 @@ import pytest
 
 from harness.compute.modes import MODES
 from harness.report.analysis import utilization
-from harness.report.payload_model import Payload, Shape, cell_payload, closure
+from harness.report.payload_model import Payload, Shape, cell_payload, closure, header_bytes
 
 # a made-up shape small enough to add up by hand: KV(s) = 2 layers x 2 (K and V) x 3 heads x s x
 # 4 head_dim x 2 bytes = 96 s bytes; logits = 10 x 2 = 20 bytes; ids are int64, 8 bytes a token
@@ -84,6 +84,13 @@ def test_closure_not_judged_under_one_megabyte_or_without_capture():
     c = closure(EDGE, 2_016_000, packets=None, per_message_bytes=700.0)
     # no capture: no packet count, so headers are not predicted (1,000,000 + 2 x 700)
     assert (c.predicted_bytes, c.verdict) == (1_001_400, "n/a (no capture)")
+
+
+def test_closure_counts_the_links_own_header():
+    """A TUN counts 52 B of headers a packet (no Ethernet): 100 packets predict 1,400 B less."""
+    assert header_bytes("65534") == 52 and header_bytes("1") == 66 and header_bytes(None) == 66
+    c = closure(EDGE, 1_006_600, packets=100, per_message_bytes=700.0, header_B=header_bytes("65534"))
+    assert (c.predicted_bytes, c.error, c.verdict) == (1_006_600, 0.0, "ok")
 
 
 def test_closure_with_nothing_on_the_wire_is_invalid():

@@ -17,12 +17,13 @@ class CellContext:
     per_message_bytes: float         # RPC framing per round trip, measured on no-ops
     iperf_gbps: float | None         # the link's goodput, same session
     shape: payload_model.Shape                # weights tied-once and as listed, KV and logits sizes
+    header_B: int = payload_model.HEADER_BYTES  # a packet's headers as the link counts them
 
 
 def analyse_round(r: dict, ctx: CellContext) -> dict:
     """r: a RoundRecord.to_dict(). Returns the figures the report shows beside it."""
     link_bytes = r["link_tx_bytes"] + r["link_rx_bytes"]
-    c = payload_model.closure(ctx.payload, link_bytes, r["link_packets"], ctx.per_message_bytes)
+    c = payload_model.closure(ctx.payload, link_bytes, r["link_packets"], ctx.per_message_bytes, ctx.header_B)
     return {
         "analytic_tx_bytes": ctx.payload.tx_bytes, "analytic_rx_bytes": ctx.payload.rx_bytes,
         "weights_bytes_tied_once": ctx.shape.weights_bytes,

@@ -24,6 +24,7 @@ from harness.compute.tokens import TOKEN_BYTES
 
 HEADER_BYTES = 66     # a packet's headers as an Ethernet interface's counters count them: 14 + IPv4 20 + TCP 32
 ETHERNET_BYTES = 14   # ... of which the link layer's: a TUN (the delay line's) has none, so counts 52
+ARPHRD_NONE = "65534"  # /sys/class/net/<iface>/type of an interface without a link layer (a TUN)
 CLOSURE_TOLERANCE = 0.02
 CLOSURE_MIN_PAYLOAD = 1_000_000
 
@@ -97,9 +98,16 @@ class Closure:
     verdict: str            # "ok" | "INVALID" | "n/a (<1 MB)"
 
 
-def closure(payload: Payload, wire_bytes: int, packets: int | None, per_message_bytes: float) -> Closure:
-    """packets: pcap packet count of the round (both directions); None without a capture."""
-    overhead = (packets or 0) * HEADER_BYTES + payload.calls * per_message_bytes
+def header_bytes(arphrd: str | None) -> int:
+    """A packet's headers as an interface of this type (its sysfs `type`) counts them."""
+    return HEADER_BYTES - ETHERNET_BYTES if arphrd == ARPHRD_NONE else HEADER_BYTES
+
+
+def closure(payload: Payload, wire_bytes: int, packets: int | None, per_message_bytes: float,
+            header_B: int = HEADER_BYTES) -> Closure:
+    """packets: pcap packet count of the round (both directions); None without a capture. header_B:
+    a packet's headers as the link counts them (header_bytes: a TUN's 52, else 66)."""
+    overhead = (packets or 0) * header_B + payload.calls * per_message_bytes
     predicted = int(payload.total + overhead)
     # nothing on the wire is all of the payload missing, not a perfect match
     err = (wire_bytes - predicted) / wire_bytes if wire_bytes else (-1.0 if predicted else 0.0)

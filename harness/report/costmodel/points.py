@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from harness.compute.modes import MODES
-from harness.report.payload_model import ETHERNET_BYTES, HEADER_BYTES, Shape
+from harness.report.payload_model import ARPHRD_NONE, HEADER_BYTES, Shape, header_bytes
 
 
 # --- points: what a cell ran on, and what was measured -------------------------------------------------
@@ -143,8 +143,9 @@ def _header_B(env: dict, label: str) -> float:
     """Headers per packet on the client's interface: no link layer on a TUN (ARPHRD_NONE, 65534; runs
     before the type was recorded name it in the label: 'TUN pair'), else Ethernet's."""
     kind = (env.get("client_link") or {}).get("type")
-    tun = kind == "65534" if kind is not None else label.startswith("TUN pair")
-    return HEADER_BYTES - ETHERNET_BYTES if tun else HEADER_BYTES
+    if kind is None and label.startswith("TUN pair"):
+        kind = ARPHRD_NONE
+    return header_bytes(kind)
 
 
 _SHAPES: dict = {}
