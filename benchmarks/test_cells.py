@@ -52,7 +52,7 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase,
     cell = make_cell(mode, phase)
     benchmark.group = phase
     benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
-                       rounds=opts.rounds, warmup_rounds=cell.cfg.warmup_rounds)
+                       rounds=cell.cfg.rounds, warmup_rounds=cell.cfg.warmup_rounds)
     assert cell.measured, ("no round was measured: pytest-benchmark is disabled here "
                            "(--benchmark-disable, or xdist's PYTEST_XDIST_* variables in the environment)")
     cell.capture_round()  # where the mode's timed rounds ran without tcpdump

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from harness.compute.engine import AUTO, GRAPHS, EngineSpec
+from harness.compute.modes import MODES
 from harness.compute.models import ModelSpec, default_device, load_config, max_positions
 from harness.compute.phase import PHASES
 from harness.errors import UsageError
@@ -24,6 +25,7 @@ class SuiteOptions:
     prompt_len: int = 128
     steps: int = 50
     rounds: int = 3
+    rounds_stateful: int | None = None  # local and sys_simulated cells' measured rounds; None: rounds
     warmup: int = 1
     seed: int = 0
     gpu_host: str | None = None       # ssh target [user@]host[:port]: start the worker there
@@ -64,6 +66,12 @@ class SuiteOptions:
                               config=self.ssh_config)
         return GpuHost(ssh=ssh, python=self.remote_python, repo_dir=self.remote_dir or str(REPO))
 
+    def rounds_for(self, mode: str) -> int:
+        """Measured rounds of a mode's cells: the stateful modes' rounds take milliseconds where naive's
+        take seconds, so more of them buy a steadier mean (their ~20 KB rounds vary by a few TCP
+        delayed ACKs) for little time."""
+        return self.rounds if MODES[mode].stateless or self.rounds_stateful is None else self.rounds_stateful
+
     @property
     def engine_spec(self) -> EngineSpec:
         """The engine every mode runs, its static cache sized to the prompt and every generated token."""
@@ -88,6 +96,9 @@ class SuiteOptions:
             value = getattr(self, name)
             if value < low:
                 raise UsageError(f"{self.flag(name)} {value} must be >= {low}")
+        if self.rounds_stateful is not None and self.rounds_stateful < 1:
+            raise UsageError(f"{self.flag('rounds_stateful')} {self.rounds_stateful} must be >= 1 (or left out: "
+                             f"{self.flag('rounds')}'s)")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"{self.flag('threads')} {self.threads} must be >= 1 (or left out: 1 on CUDA, "
                              "else one per core)")

@@ -102,6 +102,23 @@ def test_one_link_rate_keeps_the_path_in_series():
     assert fitted.path_k == 1.0 and "one link rate" in fitted.notes["path_k"]
 
 
+def test_fit_tells_a_bulk_calls_own_wire_time_from_the_paths_rate():
+    """A prefill makes one bulk call, a decode 1 + steps of them: over both, each call's own wire time
+    (wire_call_s) separates from the rate, and the small calls (sys_simulated's ids) do not pay it.
+    Fitted on the corners (as a sweep's report does), it predicts the middle link rates."""
+    true = replace(TRUE, path_k=2.0, path_Bps=4e9, wire_call_s=3e-3)
+    points = synthetic(true, SHAPE, random.Random(0), noise=0.0)
+    fitted = cm.fit(p for p in points if p.link.nominal_gbps in (10, 100) and p.prompt_len in (128, 2048))
+    assert fitted.path_k == 2.0 and abs(fitted.wire_call_s / 3e-3 - 1) < 1e-4, (fitted.path_k, fitted.wire_call_s)
+    sys_decode = next(p for p in points if p.mode == "sys_simulated" and p.phase == "decode")
+    assert cm.predict(fitted, sys_decode).parts["wire"] < 1e-3    # ids and tokens: no bulk call
+    held = [p for p in points if p.link.nominal_gbps in (25, 50) and MODES[p.mode].stateless]
+    worst = max(abs(cm.predict(fitted, p).latency_s / p.measured.latency_s - 1) for p in held)
+    assert worst < 1e-4, worst
+    blind = cm.fit(p for p in points if p.phase == "prefill")   # one call each: not identifiable
+    assert blind.wire_call_s == 0.0 and "as many calls" in blind.notes["wire_call_s"]
+
+
 def test_fit_recovers_synthetic_components_under_noise():
     """0.5% noise on every time, 0.005% on bytes: every component back within a few percent."""
     points = synthetic(TRUE, SHAPE, random.Random(1), noise=0.005)

@@ -152,12 +152,14 @@ def test_report_writes_table_csv_and_plots(smoke, tmp_path):
 
 
 def test_k_decode_runs_exactly_the_three_decode_cells(tmp_path):
+    """... and --gap-rounds-stateful measures the stateful modes' cells that many times, naive's not."""
     out = tmp_path / "decode.json"
-    proc = run_suite("-k", "decode", f"--benchmark-json={out}", "--gap-rounds", "1", "--gap-warmup", "0")
+    proc = run_suite("-k", "decode", f"--benchmark-json={out}", "--gap-rounds", "1", "--gap-warmup", "0",
+                     "--gap-rounds-stateful", "2")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    names = sorted(b["name"] for b in json.loads(out.read_text())["benchmarks"])
-    assert names == ["test_cell[decode-local]", "test_cell[decode-naive]",
-                     "test_cell[decode-sys_simulated]"]
+    rounds = {b["name"]: b["stats"]["rounds"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert rounds == {"test_cell[decode-local]": 2, "test_cell[decode-naive]": 1,
+                      "test_cell[decode-sys_simulated]": 2}, rounds
 
 
 def test_bytes_gate_fails_on_planted_regression(smoke, tmp_path):
@@ -197,6 +199,7 @@ def test_cells_refuse_to_run_concurrently():
 @pytest.mark.parametrize("args,needle", [
     (["--gap-steps", "0"], "--gap-steps 0 must be >= 1"),
     (["--gap-threads", "0"], "--gap-threads 0 must be >= 1"),
+    (["--gap-rounds-stateful", "0"], "--gap-rounds-stateful 0 must be >= 1"),
     (["--gap-engine", "graphs-all"], "graphs-all captures CUDA graphs: it needs a CUDA device"),
     (["--gap-model", "nosuch"], "unknown model 'nosuch'"),
     (["--gap-compare-fail", "speed:5"], "expected METRIC:N%"),

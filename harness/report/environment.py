@@ -63,6 +63,7 @@ def describe_testbed(bed, opts) -> dict:
     worker = call(bed.worker(opts.spec, opts.engine_spec), "stats_remote")
     return {"versions": versions(), "command": ["pytest", *sys.argv[1:]], "strict": opts.strict,
             "prompt_len": opts.prompt_len, "steps": opts.steps, "batch": opts.batch, "rounds": opts.rounds,
+            "rounds_stateful": opts.rounds_for("sys_simulated"),
             "warmup": opts.warmup,
             "gpu": nvidia_smi(bed.link.host), "link": bed.link.label,
             "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),

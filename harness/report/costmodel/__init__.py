@@ -6,8 +6,9 @@ one call per step j = 0..steps-1 (one token, a cache of P + j tokens). Per round
 
   local:   T = sum_calls compute(call) + calls x local_call_s
   remote:  T = sum_calls compute(call) + round_s + calls x (call_s + rtts_per_call x rtt_s)
-               + wire(wire_bytes / goodput_Bps, wire_bytes / path_Bps)
+               + wire(wire_bytes / goodput_Bps, wire_bytes / path_Bps) + bulk_calls x wire_call_s
            wire(a, b) = (a^k + b^k)^(1/k), k = path_k: 1 in series (the times add), inf overlapped (max)
+           bulk_calls: the calls moving >= 1 MB (naive's; sys_simulated's carry ids and tokens)
   naive adds   + load_bytes / load_Bps + reply_bytes / d2h_Bps
                (load_bytes = what it receives: weights + cache + ids; reply_bytes = cache + logits)
 
@@ -31,9 +32,10 @@ divided by its measured value) term group by term group, from the time parts the
 (harness.report.analysis.TIME_PARTS), so that each component comes from the part that shows it:
   compute        <- server_compute_s of every cell (all modes run the same engine), per model
   load / d2h     <- server_load_s + server_h2d_s / server_d2h_s of the naive cells
-  path, path_k   <- wire_tx_s + wire_rx_s of the cells moving >= 1 MB per call, less one link RTT a
-                    call (the packet times' span is taken to hold one), against bytes / goodput; k is
-                    fitted only over two link rates or more (one link cannot tell series from overlap)
+  path, path_k,  <- wire_tx_s + wire_rx_s of the cells moving >= 1 MB per call, less one link RTT a
+  wire_call_s       call (the packet times' span is taken to hold one), against bytes / goodput; k is
+                    fitted only over two link rates or more (one link cannot tell series from overlap),
+                    wire_call_s only over two call counts (a prefill's 1, a decode's 1 + steps)
   call / round   <- what remains of each remote cell's latency after the modelled terms
   round/framing/segment <- link bytes - payload (- calls x empty_call_B) of the remote cells
 A term no calibration point can tell apart from another (one prompt length cannot separate

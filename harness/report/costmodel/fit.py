@@ -75,42 +75,45 @@ PATH_K = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
 LINK_SPREAD = 1.5  # goodputs further apart than this are two link rates (one link's runs vary by a few %)
 
 
-def _fit_path(samples, ks) -> tuple[float, float]:
-    """(path_Bps, k) with the least sum of squared relative errors of the wire time, samples being
-    (bytes, wire time, link time); the first k of ks wins a tie (1: in series, where the points
-    cannot tell)."""
+def _fit_path(samples, ks) -> tuple[float, float, float]:
+    """(path_Bps, k, wire_call_s) with the least sum of squared relative errors of the wire time,
+    samples being (bytes, wire time, link time, calls); the first k of ks wins a tie (1: in series,
+    where the points cannot tell). wire_call_s only where the samples span two call counts."""
+    per_call = len({n for *_, n in samples}) > 1
     best = None
     for k in ks:
-        x, err = _path_for(samples, k)
+        x, call, err = _path_for(samples, k, per_call)
         if best is None or err < best[0] * (1 - 1e-9):
-            best = (err, x, k)
-    _, x, k = best
-    return (1 / x if x > 0 else math.inf), k
+            best = (err, x, k, call)
+    _, x, k, call = best
+    return (1 / x if x > 0 else math.inf), k, call
 
 
-def _path_for(samples, k: float) -> tuple[float, float]:
-    """x = 1 / path_Bps minimising the relative error for one k, and that error. In series (k = 1)
-    the least squares are closed-form; otherwise the best of the paths that fit one sample exactly
-    (and none), refined by golden-section search around it."""
+def _path_for(samples, k: float, per_call: bool = False) -> tuple[float, float, float]:
+    """x = 1 / path_Bps and the per-call time minimising the relative error for one k, and that
+    error: the per-call time is closed-form for each x (least squares, held >= 0); x the best of
+    the paths that fit one sample exactly (and none), refined by golden-section search around it."""
+    def call_for(x):
+        if not per_call:
+            return 0.0
+        r = [(w - combine(a, b * x, k), w, n) for b, w, a, n in samples]
+        return max(0.0, sum(n * d / w ** 2 for d, w, n in r) / sum(n * n / w ** 2 for _, w, n in r))
+
     def err(x):
-        return sum(((combine(a, b * x, k) - w) / w) ** 2 for b, w, a in samples)
-    if k == 1:
-        u = [b / w for b, w, _ in samples]
-        x = sum(ui * (w - a) / w for ui, (_, w, a) in zip(u, samples)) / sum(ui * ui for ui in u)
-        x = max(x, 0.0)
-        return x, err(x)
+        c = call_for(x)
+        return sum(((combine(a, b * x, k) + n * c - w) / w) ** 2 for b, w, a, n in samples)
     xs = [0.0]
-    for b, w, a in samples:
+    for b, w, a, _ in samples:
         if w > a:
             xs.append((w - a if math.isinf(k) else (w ** k - a ** k) ** (1 / k)) / b)
     x = min(xs, key=err)
     if x > 0:
-        lo, hi, g = x / 2, x * 2, (math.sqrt(5) - 1) / 2
-        for _ in range(60):
+        lo, hi, g = x / 4, x * 4, (math.sqrt(5) - 1) / 2
+        for _ in range(80):
             m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
             lo, hi = (lo, m2) if err(m1) <= err(m2) else (m1, hi)
         x = min((x, (lo + hi) / 2), key=err)
-    return x, err(x)
+    return x, call_for(x), err(x)
 
 
 def _payload(p: Point):
@@ -275,17 +278,21 @@ def fit(points: Iterable[Point]) -> Components:
         if p.measured.wire_s is None or pay.total / pay.calls < CLOSURE_MIN_PAYLOAD:
             continue
         b = p.measured.bytes
-        samples.append((b, p.measured.wire_s - pay.calls * p.link.rtt_s, b / p.link.goodput_Bps))
+        samples.append((b, p.measured.wire_s - pay.calls * p.link.rtt_s, b / p.link.goodput_Bps, pay.calls))
     if samples:
-        rates = [b / a for b, _, a in samples if a > 0]  # goodput: one link's runs differ by a few %
+        rates = [b / a for b, _, a, _ in samples if a > 0]  # goodput: one link's runs differ by a few %
         spread = max(rates) / min(rates) if rates else 1.0
-        path, k = _fit_path(samples, PATH_K if spread > LINK_SPREAD else (1.0,))
-        c = replace(c, path_Bps=path, path_k=k)
+        path, k, call = _fit_path(samples, PATH_K if spread > LINK_SPREAD else (1.0,))
+        c = replace(c, path_Bps=path, path_k=k, wire_call_s=call)
         notes["path_Bps"] = (f"fitted on the wire time of {len(samples)} cells moving >= 1 MB a call"
                              + ("" if math.isfinite(path) else ": the path kept up with the link (infinite)"))
         notes["path_k"] = (f"fitted with path_Bps over goodputs {min(rates) * 8e-9:.3g}-{max(rates) * 8e-9:.3g} "
                            "Gbit/s" if spread > LINK_SPREAD else
                            "one link rate cannot tell series from overlap: 1 (in series) assumed")
+        counts = sorted({n for *_, n in samples})
+        notes["wire_call_s"] = (
+            f"fitted with path_Bps over calls of {counts[0]}-{counts[-1]} per round" if len(counts) > 1
+            else "every cell moving >= 1 MB a call makes as many calls: 0, folded into path_Bps")
     else:
         notes["path_Bps"] = "no cell moving >= 1 MB a call with packet times: the link alone (infinite)"
 

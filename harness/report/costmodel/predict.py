@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from harness.compute.modes import MODES
 from harness.report.costmodel.points import Link, Point
 from harness.report.costmodel.terms import Components, Compute
-from harness.report.payload_model import Shape, cell_payload
+from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, Shape, cell_payload
 
 
 # --- public specifications of GPUs (datasheets), used only to scale compute to another GPU ---------------
@@ -94,9 +94,10 @@ def combine(a: float, b: float, k: float) -> float:
     return a + b if k == 1 else (a ** k + b ** k) ** (1 / k)
 
 
-def wire_s(c: Components, wire_bytes: float, link: Link) -> float:
-    """Bytes through the link (its goodput) and the RPC path (its ceiling), combined by path_k."""
-    return combine(wire_bytes / link.goodput_Bps, wire_bytes / c.path_Bps, c.path_k)
+def wire_s(c: Components, wire_bytes: float, link: Link, calls: int) -> float:
+    """Bytes through the link (its goodput) and the RPC path (its ceiling), combined by path_k, and
+    each call's own wire time beyond its bytes."""
+    return combine(wire_bytes / link.goodput_Bps, wire_bytes / c.path_Bps, c.path_k) + calls * c.wire_call_s
 
 
 def predict(c: Components, p: Point) -> Prediction:
@@ -111,7 +112,8 @@ def predict(c: Components, p: Point) -> Prediction:
         parts["calls"] = len(calls) * c.local_call_s
         return Prediction(sum(parts.values()), 0, 0, parts, compute.source)
     wire_bytes = payload.total + _bytes_overhead(c, payload.total, payload.calls, p.link, release_calls(mode))
-    parts["wire"] = wire_s(c, wire_bytes, p.link)
+    bulk = payload.calls if payload.total / payload.calls >= CLOSURE_MIN_PAYLOAD else 0
+    parts["wire"] = wire_s(c, wire_bytes, p.link, bulk)
     parts["calls"] = len(calls) * c.call_s
     parts["round"] = c.round_s
     parts["rtt"] = len(calls) * c.rtts_per_call * p.link.rtt_s
@@ -127,7 +129,7 @@ def weight_load(c: Components, p: Point) -> Prediction:
     w = p.shape.weights_bytes
     wire_bytes = w + _bytes_overhead(c, w, 1, p.link)
     parts = dict.fromkeys(("compute", "wire", "load", "d2h", "calls", "round", "rtt"), 0.0)
-    parts |= {"wire": wire_s(c, wire_bytes, p.link), "load": w / c.load_Bps,
+    parts |= {"wire": wire_s(c, wire_bytes, p.link, 1), "load": w / c.load_Bps,
               "calls": c.call_s, "rtt": c.rtts_per_call * p.link.rtt_s}
     return Prediction(sum(parts.values()), wire_bytes, w, parts, "no compute")
 

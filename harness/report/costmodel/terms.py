@@ -31,6 +31,12 @@ TERMS = {
                "overlapped (the slower sets the pace), between: partly overlapped",
                "fitted with path_Bps where the calibration has two link rates or more (the least relative "
                "error over k in 1, 1.5, 2, 3, 4, 6, 8, inf), else 1: one link cannot tell them apart"),
+    "wire_call_s": ("s per call", "wire time a call moving >= 1 MB takes beyond its bytes at the combined "
+                    "rate; fitted, not traced to one cause (candidates: TCP's window growing again on a "
+                    "connection that idled between calls, a shaped queue's bucket, TensorPipe's descriptor "
+                    "before the payload)",
+                    "fitted with path_Bps where those cells span two call counts (prefill 1, decode 1 + steps), "
+                    "else 0; counted only for calls moving >= 1 MB, as the cells it is fitted on"),
     "load_Bps": ("bytes/s", "rate at which the naive worker lands what it receives (weights through pinned "
                  "staging, the cache) on the device", "fitted: naive cells' server_load_s + server_h2d_s"),
     "d2h_Bps": ("bytes/s", "rate at which the naive worker packs its reply (cache + logits) back to host "
@@ -90,6 +96,7 @@ class Components:
     empty_call_B: float | None = None               # None: framing_B is a call's whole framing; else
                                                     # framing_B is beyond an empty call's on the point's link
     path_k: float = 1.0                             # 1: path and link in series; inf: overlapped
+    wire_call_s: float = 0.0                        # wire time per call beyond the bytes' (s)
     compute: dict = field(default_factory=dict)     # Point.key -> Compute
     # what scaling compute to another model or GPU needs, and what the report shows beside the fit
     shapes: dict = field(default_factory=dict)      # Point.key -> Shape
