@@ -369,6 +369,26 @@ def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
     assert sweepreport.main([str(tmp_path / "empty")]) == 2  # no points: one line, not a traceback
 
 
+def test_a_sweep_against_a_repeat_of_its_grid_reports_each_cells_largest_difference(tmp_path):
+    """--repeat-of: each cell against the same cell at the same point of another sweep; against itself
+    nothing differs, against a run whose one decode cell moved 5% more bytes that cell says so."""
+    from harness.report import sweepreport
+    src = REPO / "results/h200/sweep-llama-1b-v5"
+    points = cm.load_all(sweepreport.point_files(src))
+    same = {r["Mode"] + r["Phase"]: r for r in sweepreport.repeat_rows(points, points)}
+    assert same["naivedecode"]["Largest bytes difference"] == "+0.000%", same
+    assert same["localprefill"]["Largest latency difference"] == "+0.0%", same
+    target = next(p for p in points if p.mode == "sys_simulated" and p.phase == "decode")
+    moved = [replace(p, measured=replace(p.measured, bytes=p.measured.bytes / 1.05)) if p is target else p
+             for p in points]
+    rows = {r["Mode"] + r["Phase"]: r for r in sweepreport.repeat_rows(points, moved)}
+    assert rows["sys_simulateddecode"]["Largest bytes difference"] == "+5.000%", rows
+    assert rows["sys_simulateddecode"]["At (bytes)"] == target.label.rsplit(" ", 1)[0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no point JSON there"):
+        sweepreport.repeated(points, tmp_path / "empty")
+
+
 def test_committed_extrapolation_regenerates_byte_identical(monkeypatch, tmp_path):
     """An extrapolated run (python -m harness.report.extrapolate: a 10-step run's decode cells at 50
     steps, labelled PREDICTED, with the procedure checked where 50 steps were measured) is generated:
