@@ -172,18 +172,21 @@ def repeat_rows(points: list[cm.Point], earlier: list[cm.Point]) -> list[dict]:
                      if p.phase == phase and p.mode == mode and (grid(p), phase, mode) in theirs]
             if not pairs:
                 continue
-            lat = max(pairs, key=lambda pq: abs(pq[0].measured.latency_s / pq[1].measured.latency_s - 1))
-            row = {"Phase": phase, "Mode": mode, "Points in both": len(pairs),
-                   "Largest latency difference": f"{lat[0].measured.latency_s / lat[1].measured.latency_s - 1:+.1%}",
-                   "At (latency)": lat[0].label.rsplit(" ", 1)[0]}
-            if MODES[mode].remote:
-                byt = max(pairs, key=lambda pq: abs(pq[0].measured.bytes / pq[1].measured.bytes - 1))
-                row |= {"Largest bytes difference": f"{byt[0].measured.bytes / byt[1].measured.bytes - 1:+.3%}",
-                        "At (bytes)": byt[0].label.rsplit(" ", 1)[0]}
-            else:
-                row |= {"Largest bytes difference": "n/a (local)", "At (bytes)": ""}
-            rows.append(row)
+            lat, lat_at = _largest_difference(pairs, "latency_s")
+            byt, byt_at = _largest_difference(pairs, "bytes") if MODES[mode].remote else (None, "")
+            rows.append({"Phase": phase, "Mode": mode, "Points in both": len(pairs),
+                         "Largest latency difference": f"{lat:+.1%}", "At (latency)": lat_at,
+                         "Largest bytes difference": "n/a (local)" if byt is None else f"{byt:+.3%}",
+                         "At (bytes)": byt_at})
     return rows
+
+
+def _largest_difference(pairs: list[tuple[cm.Point, cm.Point]], field: str) -> tuple[float, str]:
+    """The largest relative difference of measured `field` over (this, earlier) pairs, and its point."""
+    def diff(pair):
+        return getattr(pair[0].measured, field) / getattr(pair[1].measured, field) - 1
+    worst = max(pairs, key=lambda pair: abs(diff(pair)))
+    return diff(worst), worst[0].label.rsplit(" ", 1)[0]
 
 
 def repeated(points: list[cm.Point], other: Path | None) -> list[str]:

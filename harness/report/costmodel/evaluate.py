@@ -92,8 +92,7 @@ def component_rows(c: Components) -> list[dict]:
     """One row per term: its value with unit, and how this fit got it."""
     rows = []
     for term in ("call_s", "round_s", "rtts_per_call", "local_call_s", "path_Bps", "path_k", "wire_call_s",
-                 "load_Bps", "d2h_Bps",
-                 "round_B", "empty_call_B", "framing_B", "segment_B"):
+                 "load_Bps", "d2h_Bps", "round_B", "empty_call_B", "framing_B", "segment_B"):
         unit, meaning, _ = TERMS[term]
         if getattr(c, term) is None:
             continue
