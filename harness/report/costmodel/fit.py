@@ -11,9 +11,9 @@ import numpy as np
 
 from harness.compute.modes import MODES
 from harness.report.costmodel.points import Point
-from harness.report.costmodel.predict import combine, predict, release_calls
+from harness.report.costmodel.predict import bulk_calls, combine, predict, release_calls
 from harness.report.costmodel.terms import Components, Compute
-from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, HEADER_BYTES, cell_payload
+from harness.report.payload_model import HEADER_BYTES, cell_payload
 
 
 # --- fitting --------------------------------------------------------------------------------------------
@@ -75,11 +75,10 @@ PATH_K = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
 LINK_SPREAD = 1.5  # goodputs further apart than this are two link rates (one link's runs vary by a few %)
 
 
-def _fit_path(samples, ks) -> tuple[float, float, float]:
+def _fit_path(samples, ks, per_call: bool) -> tuple[float, float, float]:
     """(path_Bps, k, wire_call_s) with the least sum of squared relative errors of the wire time,
     samples being (bytes, wire time, link time, calls); the first k of ks wins a tie (1: in series,
-    where the points cannot tell). wire_call_s only where the samples span two call counts."""
-    per_call = len({n for *_, n in samples}) > 1
+    where the points cannot tell). per_call: fit wire_call_s (the samples span two call counts), else 0."""
     best = None
     for k in ks:
         x, call, err = _path_for(samples, k, per_call)
@@ -89,7 +88,7 @@ def _fit_path(samples, ks) -> tuple[float, float, float]:
     return (1 / x if x > 0 else math.inf), k, call
 
 
-def _path_for(samples, k: float, per_call: bool = False) -> tuple[float, float, float]:
+def _path_for(samples, k: float, per_call: bool) -> tuple[float, float, float]:
     """x = 1 / path_Bps and the per-call time minimising the relative error for one k, and that
     error: the per-call time is closed-form for each x (least squares, held >= 0); x the best of
     the paths that fit one sample exactly (and none), refined by golden-section search around it."""
@@ -275,21 +274,21 @@ def fit(points: Iterable[Point]) -> Components:
     samples = []
     for p in remote:
         pay = _payload(p)
-        if p.measured.wire_s is None or pay.total / pay.calls < CLOSURE_MIN_PAYLOAD:
+        if p.measured.wire_s is None or not bulk_calls(pay):
             continue
         b = p.measured.bytes
         samples.append((b, p.measured.wire_s - pay.calls * p.link.rtt_s, b / p.link.goodput_Bps, pay.calls))
     if samples:
         rates = [b / a for b, _, a, _ in samples if a > 0]  # goodput: one link's runs differ by a few %
         spread = max(rates) / min(rates) if rates else 1.0
-        path, k, call = _fit_path(samples, PATH_K if spread > LINK_SPREAD else (1.0,))
+        counts = sorted({n for *_, n in samples})
+        path, k, call = _fit_path(samples, PATH_K if spread > LINK_SPREAD else (1.0,), len(counts) > 1)
         c = replace(c, path_Bps=path, path_k=k, wire_call_s=call)
         notes["path_Bps"] = (f"fitted on the wire time of {len(samples)} cells moving >= 1 MB a call"
                              + ("" if math.isfinite(path) else ": the path kept up with the link (infinite)"))
         notes["path_k"] = (f"fitted with path_Bps over goodputs {min(rates) * 8e-9:.3g}-{max(rates) * 8e-9:.3g} "
                            "Gbit/s" if spread > LINK_SPREAD else
                            "one link rate cannot tell series from overlap: 1 (in series) assumed")
-        counts = sorted({n for *_, n in samples})
         notes["wire_call_s"] = (
             f"fitted with path_Bps over calls of {counts[0]}-{counts[-1]} per round" if len(counts) > 1
             else "every cell moving >= 1 MB a call makes as many calls: 0, folded into path_Bps")

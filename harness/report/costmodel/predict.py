@@ -94,6 +94,12 @@ def combine(a: float, b: float, k: float) -> float:
     return a + b if k == 1 else (a ** k + b ** k) ** (1 / k)
 
 
+def bulk_calls(payload) -> int:
+    """The round's calls that move >= 1 MB each (naive's; sys_simulated's carry ids and tokens): those
+    the path's fit sees (their packet times show the wire), and the only ones wire_call_s is charged to."""
+    return payload.calls if payload.total / payload.calls >= CLOSURE_MIN_PAYLOAD else 0
+
+
 def wire_s(c: Components, wire_bytes: float, link: Link, calls: int) -> float:
     """Bytes through the link (its goodput) and the RPC path (its ceiling), combined by path_k, and
     each call's own wire time beyond its bytes."""
@@ -112,8 +118,7 @@ def predict(c: Components, p: Point) -> Prediction:
         parts["calls"] = len(calls) * c.local_call_s
         return Prediction(sum(parts.values()), 0, 0, parts, compute.source)
     wire_bytes = payload.total + _bytes_overhead(c, payload.total, payload.calls, p.link, release_calls(mode))
-    bulk = payload.calls if payload.total / payload.calls >= CLOSURE_MIN_PAYLOAD else 0
-    parts["wire"] = wire_s(c, wire_bytes, p.link, bulk)
+    parts["wire"] = wire_s(c, wire_bytes, p.link, bulk_calls(payload))
     parts["calls"] = len(calls) * c.call_s
     parts["round"] = c.round_s
     parts["rtt"] = len(calls) * c.rtts_per_call * p.link.rtt_s
