@@ -1,7 +1,7 @@
 """Tests for harness/measure/dissect.py: a real loopback capture dissected by tshark and checked
-against what was sent and against the fast reader (pcap.read_pcap) and capinfos; sampling; a crafted
-pcap with a planted retransmission, duplicate ACK and zero window. tshark, capinfos and tcpdump come
-from ./setup.sh: a missing one fails, it is never skipped."""
+against what was sent and against the fast reader (pcap.read_pcap) and capinfos; sampling; crafted
+pcaps with a planted retransmission (a slow one and a quick one), duplicate ACK and zero window.
+tshark, capinfos and tcpdump come from ./setup.sh: a missing one fails, it is never skipped."""
 
 import os
 import re
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure.dissect import (DEFAULT_MAX_PACKETS, Dissection, Flow, _rows_fields, _rows_pyshark,
-                                     count_packets, dissect, tshark_version)
+from harness.measure.dissect import (DEFAULT_MAX_PACKETS, Dissection, Flow, _Coverage, _rows_fields,
+                                     _rows_pyshark, _tshark_path, count_packets, dissect, tshark_version)
 from harness.measure.pcap import A_TO_B, B_TO_A, read_pcap
 from harness.measure.tcpdump import Capture
 
@@ -262,8 +262,36 @@ def test_two_flags_on_one_packet(tmp_path):
     d = dissect(path, CLIENT, GPU)
     assert (d.retransmissions, d.retransmitted_bytes, d.zero_window) == (1, SEGMENT, 2)
     rows = list(_rows_fields(path))
-    assert rows[6].retransmission and rows[6].zero_window
+    assert rows[6].zero_window and rows[6].seq == rows[5].seq
     assert rows == list(_rows_pyshark(path))
+
+
+def test_a_quick_retransmission_counts_though_wireshark_calls_it_out_of_order(tmp_path):
+    """The first segment sent again 5 ms after the second, within the handshake's RTT (20 ms):
+    Wireshark flags it out-of-order, not a retransmission (CI's loaded loopback did this); its
+    bytes went on the wire twice all the same."""
+    records = PLANTED[:4] + [PLANTED[5], (0.055, to_gpu(1, 1001, PSH | ACK, SEGMENT))] + PLANTED[7:]
+    path = write_pcap(tmp_path / "quick.pcap", records)
+    d = dissect(path, CLIENT, GPU)
+    assert (d.retransmissions, d.retransmitted_bytes, d.tcp_payload_bytes) == (1, SEGMENT, 3 * SEGMENT)
+    flags = subprocess.run([_tshark_path(), "-n", "-r", str(path), "-Y", "tcp.analysis.out_of_order"],
+                           capture_output=True, text=True, check=True).stdout
+    assert len(flags.splitlines()) == 1  # what the count used to miss
+    assert list(_rows_fields(path)) == list(_rows_pyshark(path))
+
+
+@pytest.mark.parametrize("segments, retransmitted", [
+    ([(1, 100), (101, 100), (201, 100)], [0, 0, 0]),  # in order
+    ([(1, 100), (101, 100), (1, 100)], [0, 0, 100]),  # sent again
+    ([(1, 100), (201, 100), (101, 100)], [0, 0, 0]),  # a hole filled: reordered, not repeated
+    ([(1, 100), (201, 100), (51, 200)], [0, 0, 100]),  # across the hole: 50 + 50 seen before
+    ([(1, 100), (201, 100), (401, 50), (1, 500)], [0, 0, 0, 250]),  # over two holes
+    ([((1 << 32) - 100, 100), (0, 100), ((1 << 32) - 100, 200)], [0, 0, 200]),  # across the wrap
+])
+def test_coverage_counts_bytes_seen_before(segments, retransmitted):
+    cov = _Coverage()
+    assert [cov.add(seq, n) for seq, n in segments] == retransmitted
+    assert all(a[1] < b[0] for a, b in zip(cov.ranges, cov.ranges[1:]))  # disjoint, sorted, merged
 
 
 def test_planted_without_retransmission(tmp_path):

@@ -2,6 +2,12 @@
 events, duplicate ACKs and bytes per TCP flow (the RPC channel's lanes), read by Wireshark's
 dissectors through pyshark.
 
+Retransmitted bytes are counted from sequence numbers, not from Wireshark's retransmission flags:
+payload whose sequence range was already seen in its direction was sent twice. Wireshark calls a
+segment that goes back in sequence within one handshake RTT of the newest one "out-of-order", not a
+retransmission; on a loaded host the loopback handshake takes milliseconds, and a capture of 3 MB
+there (CI, 2026-11-28) held 95,232 bytes sent twice that its flags did not count.
+
     d = dissect("round.pcap", client_addr="10.0.0.1", gpu_addr="10.0.0.2")
     d.retransmission_share, d.flows[0].bytes_to_gpu, d.how
 
@@ -23,6 +29,7 @@ Captures larger than max_packets are sampled: the first max_packets packets (see
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import shutil
@@ -43,12 +50,9 @@ DEFAULT_MAX_PACKETS = 100_000
 # tshark fields, in the order _Row takes them. tcp.analysis.* are flags: "1" when set, "" when not.
 _FIELDS = (
     "frame.len", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
-    "tcp.stream", "tcp.srcport", "tcp.dstport", "tcp.len",
-    "tcp.analysis.retransmission", "tcp.analysis.fast_retransmission",
-    "tcp.analysis.spurious_retransmission", "tcp.analysis.zero_window", "tcp.analysis.duplicate_ack",
+    "tcp.stream", "tcp.srcport", "tcp.dstport", "tcp.seq", "tcp.len",
+    "tcp.analysis.zero_window", "tcp.analysis.duplicate_ack",
 )
-_RETRANSMISSION_FLAGS = ("tcp.analysis.retransmission", "tcp.analysis.fast_retransmission",
-                         "tcp.analysis.spurious_retransmission")
 
 TO_GPU, TO_CLIENT = 0, 1
 
@@ -63,7 +67,7 @@ class Flow:
     server_port: int  # the GPU host's side
     bytes_to_gpu: int  # on the wire (frame lengths, Ethernet headers included: like capinfos -d)
     bytes_to_client: int
-    payload_to_gpu: int  # TCP payload (tcp.len), retransmissions included
+    payload_to_gpu: int  # TCP payload (tcp.len), retransmitted bytes included
     payload_to_client: int
     packets: int  # both directions
     packets_to_gpu: int
@@ -82,11 +86,11 @@ class Dissection:
     how: str  # "whole file (N packets)" or "first N of M packets"
     packets_other: int  # dissected but not TCP between the client and the GPU host: not counted below
     # below: TCP between the two hosts, both directions, in the dissected packets
-    retransmissions: int  # tcp.analysis.retransmission, fast and spurious retransmissions included
-    retransmitted_bytes: int  # their TCP payload
+    retransmissions: int  # segments carrying payload whose sequence numbers were seen before
+    retransmitted_bytes: int  # that payload: bytes sent twice (or more) in their direction
     zero_window: int  # tcp.analysis.zero_window
     duplicate_acks: int  # tcp.analysis.duplicate_ack
-    tcp_payload_bytes: int  # all TCP payload, retransmissions included
+    tcp_payload_bytes: int  # all TCP payload, retransmitted bytes included
     retransmission_share: float  # retransmitted_bytes / tcp_payload_bytes (0 when there is no payload)
     flows: tuple[Flow, ...]  # by bytes_total, largest first
     tshark: str  # tshark's version
@@ -155,8 +159,8 @@ class _Row:
     stream: int  # -1 when not TCP
     sport: int
     dport: int
+    seq: int  # tcp.seq, relative to the flow's first in that direction (tshark's default), mod 2**32
     tcp_len: int
-    retransmission: bool
     zero_window: bool
     duplicate_ack: bool
 
@@ -187,12 +191,12 @@ def _rows_fields(path: Path, limit: int | None = None) -> Iterator[_Row]:
 
 
 def _parse_line(line: str) -> _Row:
-    (frame_len, ip_src, ip_dst, ip6_src, ip6_dst, stream, sport, dport, tcp_len,
-     retr, fast_retr, spurious, zero_window, dup_ack) = line.rstrip("\n").split("\t")
+    (frame_len, ip_src, ip_dst, ip6_src, ip6_dst, stream, sport, dport, seq, tcp_len,
+     zero_window, dup_ack) = line.rstrip("\n").split("\t")
     is_tcp = stream != ""
     return _Row(int(frame_len), ip_src or ip6_src, ip_dst or ip6_dst,
-                int(stream) if is_tcp else -1, int(sport or 0), int(dport or 0), int(tcp_len or 0),
-                bool(retr or fast_retr or spurious), bool(zero_window), bool(dup_ack))
+                int(stream) if is_tcp else -1, int(sport or 0), int(dport or 0), int(seq or 0),
+                int(tcp_len or 0), bool(zero_window), bool(dup_ack))
 
 
 def _rows_pyshark(path: Path, limit: int | None = None) -> Iterator[_Row]:
@@ -212,13 +216,13 @@ def _row_from_packet(pkt) -> _Row:
     ip = pkt.ip if hasattr(pkt, "ip") else pkt.ipv6 if hasattr(pkt, "ipv6") else None
     src, dst = (str(ip.src), str(ip.dst)) if ip is not None else ("", "")
     if not hasattr(pkt, "tcp"):
-        return _Row(int(pkt.length), src, dst, -1, 0, 0, 0, False, False, False)
+        return _Row(int(pkt.length), src, dst, -1, 0, 0, 0, 0, False, False)
     tcp = pkt.tcp
     # the analysis flags sit at different depths of the JSON tree (under an expert item or not)
     flags = _keys(tcp._all_fields.get("tcp.analysis", {}))
     return _Row(int(pkt.length), src, dst, int(tcp.stream), int(tcp.srcport), int(tcp.dstport),
-                int(tcp.len), any(f in flags for f in _RETRANSMISSION_FLAGS),
-                "tcp.analysis.zero_window" in flags, "tcp.analysis.duplicate_ack" in flags)
+                int(tcp.seq), int(tcp.len), "tcp.analysis.zero_window" in flags,
+                "tcp.analysis.duplicate_ack" in flags)
 
 
 def _keys(tree) -> set[str]:
@@ -265,6 +269,41 @@ class _Sides:
         return None
 
 
+class _Coverage:
+    """The sequence numbers one direction of one TCP flow has carried, as disjoint sorted ranges;
+    add() says how many of a segment's bytes were carried before. Segments nearly always extend the
+    last range, so the list stays as long as the holes that capture loss or reordering left."""
+
+    def __init__(self):
+        self.ranges: list[list[int]] = []  # [start, end) on an unwrapped sequence axis
+        self.last_seq = 0  # the last segment's seq as tshark gave it (mod 2**32), and unwrapped
+        self.last_abs = 0
+
+    def add(self, seq: int, length: int) -> int:
+        # unwrap: a 32-bit sequence number wraps after 4 GiB, which a lane of a naive decode can pass
+        step = (seq - self.last_seq) % (1 << 32)
+        start = self.last_abs + (step - (1 << 32) if step >= 1 << 31 else step)
+        self.last_seq, self.last_abs = seq, start
+        end = start + length
+        ranges = self.ranges
+        if not ranges or start >= ranges[-1][1]:  # new data past all of it: the common case
+            if ranges and start == ranges[-1][1]:
+                ranges[-1][1] = end
+            else:
+                ranges.append([start, end])
+            return 0
+        i = bisect.bisect_left(ranges, start, key=lambda r: r[1])  # first range reaching start
+        j = i
+        seen = 0
+        while j < len(ranges) and ranges[j][0] <= end:  # the ranges this segment touches, merged
+            seen += max(0, min(end, ranges[j][1]) - max(start, ranges[j][0]))
+            j += 1
+        if i < j:
+            start, end = min(start, ranges[i][0]), max(end, ranges[j - 1][1])
+        ranges[i:j] = [[start, end]]
+        return seen
+
+
 class _Tally:
     def __init__(self):
         self.packets = 0
@@ -277,6 +316,7 @@ class _Tally:
         # stream -> [client_port, server_port, bytes to gpu, to client, payload to gpu, to client,
         #            packets, packets to gpu, to client]: Flow's fields after its stream
         self.flows: dict[int, list[int]] = {}
+        self.coverage: dict[tuple[int, int], _Coverage] = {}  # (stream, direction) ->
 
     def add(self, row: _Row, sides: _Sides) -> None:
         self.packets += 1
@@ -285,9 +325,10 @@ class _Tally:
             self.other += 1
             return
         self.payload += row.tcp_len
-        if row.retransmission:
-            self.retransmissions += 1
-            self.retransmitted_bytes += row.tcp_len
+        if row.tcp_len:
+            seen = self.coverage.setdefault((row.stream, direction), _Coverage()).add(row.seq, row.tcp_len)
+            self.retransmissions += seen > 0
+            self.retransmitted_bytes += seen
         self.zero_window += row.zero_window
         self.duplicate_acks += row.duplicate_ack
         flow = self.flows.get(row.stream)
