@@ -46,15 +46,15 @@ def parse_args(argv):
     p.add_argument("--model", default=d.model, help="preset name or local model directory")
     p.add_argument("--prompt-len", type=int, default=d.prompt_len)
     p.add_argument("--decode-steps", type=int, default=d.steps)
-    p.add_argument("--dtype", default=d.dtype, help="fp32 | fp16 | bf16 | auto (fp16 on CUDA)")
+    p.add_argument("--dtype", default=d.dtype, help="fp32 | fp16 | bf16 | auto (bf16 on CUDA)")
     p.add_argument("--device", help="where the model runs (default: cuda if present, else cpu)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--channel", default=d.channel, choices=CHANNELS)
     p.add_argument("--link-gbps", type=float, help="emulated link only: its line rate each way "
                    "(tc tbf) [unshaped]")
     p.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together [1]")
-    p.add_argument("--engine", help="eager | static | graphs | graphs-all: how every mode runs the model "
-                   "[graphs-all on CUDA, else eager]")
+    p.add_argument("--engine", help="eager | static | graphs | graphs-all | compact: how every mode runs "
+                   "the model [compact on CUDA (graphs-all for other families), else eager]")
     p.add_argument("--threads", type=int, help="host threads torch gives the model's CPU work "
                    "[1 on CUDA, else one per core]")
     return p.parse_args(argv)

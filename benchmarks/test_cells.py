@@ -47,7 +47,7 @@ def step_rtt(hold, hold_s: float, n: int = CALLS) -> float:
 
 @pytest.mark.cell
 @pytest.mark.parametrize("phase,mode", CELLS, ids=[f"{p}-{m}" for p, m in CELLS])
-def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, request, phase, mode):
+def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, memory_floor, request, phase, mode):
     opts = suite_options(request.config)
     cell = make_cell(mode, phase)
     benchmark.group = phase

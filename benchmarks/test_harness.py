@@ -49,6 +49,20 @@ def test_control_local_step_after_gap(benchmark, client_models, gap_controls, re
 
 
 @pytest.mark.cell
+def test_control_step_io(benchmark, gap_controls, request):
+    """A decode step's [1, 1] id up and token down with no model between: the engine's small
+    pinned buffers and one synchronisation, against .to(device) and .tolist()."""
+    from harness.compute.staging import step_io_s
+    opts = suite_options(request.config)
+    if not opts.resolved_device.startswith("cuda"):
+        pytest.skip(f"times host<->device copies: the model runs on {opts.resolved_device} here")
+    benchmark.group = "control"
+    result = benchmark.pedantic(step_io_s, args=(torch.device(opts.resolved_device),), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    gap_controls["step_io"] = result
+
+
+@pytest.mark.cell
 def test_control_empty_forward(benchmark, client_models, request):
     """One token through the model with no cache: the least a forward pass costs here."""
     from transformers import DynamicCache

@@ -47,7 +47,7 @@ class SuiteOptions:
     link_profile: str | None = None           # a named link (testbed.link.PROFILES): sets link_gbps
     link_strict: bool = False                 # ... and fail instead
     batch: int = 1              # sequences decoded together, as a serving system batches
-    engine: str | None = None   # eager | static | graphs | graphs-all; None: graphs-all on CUDA, else eager
+    engine: str | None = None   # harness.compute.engine.ENGINES; None: compact on CUDA (graphs-all for other families), else eager
     threads: int | None = None  # host intra-op threads for the model; None: 1 on CUDA, else one per core
     util_samples: int = 5       # dmon samples a cell's utilization window holds at least; 0: no window
     strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
@@ -81,7 +81,7 @@ class SuiteOptions:
     def spec(self) -> ModelSpec:
         dtype = self.dtype
         if dtype == "auto":
-            dtype = "fp16" if self.resolved_device.startswith("cuda") else "fp32"
+            dtype = "bf16" if self.resolved_device.startswith("cuda") else "fp32"  # as LLMs are served
         return ModelSpec(self.model, dtype, self.seed)
 
     def flag(self, name: str) -> str:
@@ -110,7 +110,7 @@ class SuiteOptions:
         embedded = not (self.gpu_host or self.gpu_addr)  # else the worker's host checks its own device
         if self.engine in GRAPHS and embedded and not self.resolved_device.startswith("cuda"):
             raise UsageError(f"{self.flag('engine')} {self.engine} captures CUDA graphs: it needs a CUDA device, "
-                             f"not {self.resolved_device}; use eager or static")
+                             f"not {self.resolved_device}; use eager, static or compact")
         self.engine_spec  # validates the engine's name
         self.host()  # validates the ssh target
         spec = self.spec  # validates model and dtype

@@ -11,3 +11,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
+# The tree travels without this checkout's latest commits: a carried bundle (.bundle/repo.bundle,
+# made by `git bundle create .bundle/repo.bundle HEAD`) gives the copy its commit, so that
+# pytest-benchmark records the commit that ran and a clean tree
+if [ -f .bundle/repo.bundle ]; then
+  [ -d .git ] || git init -q
+  git fetch -q .bundle/repo.bundle HEAD && git reset -q --mixed FETCH_HEAD
+  echo "tree at $(git rev-parse --short HEAD), $(git status --porcelain --untracked-files=no | wc -l) tracked file(s) changed"
+fi

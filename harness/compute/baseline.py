@@ -18,29 +18,33 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def generate_s(model, prompt, new_tokens: int, engine: EngineSpec = EngineSpec()) -> float:
+def generate_s(model, prompt, new_tokens: int, engine: EngineSpec = EngineSpec(), compiled: bool = False) -> float:
     device = next(model.parameters()).device
     ids = prompt.to(device)
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, **generate_cache(engine))
+                       min_new_tokens=new_tokens, do_sample=False, **generate_cache(engine, compiled))
     _sync(device)
     return time.perf_counter() - t0
 
 
-def generate_cache(engine: EngineSpec) -> dict:
+def generate_cache(engine: EngineSpec, compiled: bool = False) -> dict:
     """generate()'s arguments for the kind of cache the engine keeps: a static cache's masked
-    attention rounds differently from a dynamic one's in fp16, so compare like with like."""
-    # disable_compile: with a static cache generate() compiles the forward on its own (minutes
-    # for llama-1b on the H100), which would time torch.compile, not the loop's equal
-    return {} if engine.name == "eager" else {"cache_implementation": "static", "disable_compile": True}
+    attention rounds differently from a dynamic one's in fp16, so compare like with like.
+    compiled: transformers' own fast path, a static cache whose decode step generate() compiles
+    (torch.compile, reduce-overhead: CUDA graphs) on a CUDA device; else that compilation is off,
+    so that the uncompiled peer times the loop's equal."""
+    if engine.name == "eager":
+        return {}
+    return {"cache_implementation": "static", "disable_compile": not compiled}
 
 
-def generate_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec()) -> float:
+def generate_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), compiled: bool = False) -> float:
     """generate()'s time per output token after the first: (T(steps + 1) - T(1)) / steps."""
-    return (generate_s(model, prompt, steps + 1, engine) - generate_s(model, prompt, 1, engine)) / steps
+    return (generate_s(model, prompt, steps + 1, engine, compiled)
+            - generate_s(model, prompt, 1, engine, compiled)) / steps
 
 
 def loop_tpot_s(backend, prompt, steps: int) -> float:
@@ -48,18 +52,38 @@ def loop_tpot_s(backend, prompt, steps: int) -> float:
 
 
 def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
-    """Alternate the two so drift on a shared machine hits both alike. One local backend for every
-    repeat: its slot, and a captured graph, are made once, in the warm-up."""
-    engine = resolved(engine, next(model.parameters()).device)
+    """The local loop's time per token against generate()'s, alternating so drift on a shared
+    machine hits both alike; medians. On CUDA the peer is generate()'s compiled static-cache step
+    (its compilation, in the first call, timed apart as compile_generate_s) and the uncompiled one
+    is a second row; elsewhere generate() does not compile and the uncompiled one is the peer.
+    One local backend for every repeat: its slot, and a captured graph, are made once, in the warm-up."""
+    engine = resolved(engine, model)
+    cuda = next(model.parameters()).device.type == "cuda"
+    peers = {"generate": cuda and engine.name != "eager", "generate_uncompiled": False} if cuda \
+        else {"generate": False}
     backend = LocalBackend(model, engine)
-    loop, gen = [], []
-    loop_tpot_s(backend, prompt, 2), generate_tpot_s(model, prompt, 2, engine)  # warm both paths
+    t0 = time.perf_counter()
+    loop_tpot_s(backend, prompt, 2)  # warm-up: capture (and compilation) of the loop's graphs
+    out = {"compile_loop_s": time.perf_counter() - t0}
+    for name, compiled in peers.items():
+        t0 = time.perf_counter()
+        generate_tpot_s(model, prompt, 2, engine, compiled)
+        out[f"compile_{name}_s"] = time.perf_counter() - t0
+    times = {name: [] for name in ("loop", *peers)}
     for _ in range(repeats):
-        loop.append(loop_tpot_s(backend, prompt, steps))
-        gen.append(generate_tpot_s(model, prompt, steps, engine))
-    lm, gm = statistics.median(loop), statistics.median(gen)
-    return {"tpot_loop_s": lm, "tpot_generate_s": gm, "loop_over_generate": lm / gm,
-            "tpot_loop_all_s": loop, "tpot_generate_all_s": gen}
+        times["loop"].append(loop_tpot_s(backend, prompt, steps))
+        for name, compiled in peers.items():
+            times[name].append(generate_tpot_s(model, prompt, steps, engine, compiled))
+    backend.end()
+    med = {name: statistics.median(t) for name, t in times.items()}
+    out |= {"tpot_loop_s": med["loop"], "tpot_generate_s": med["generate"],
+            "loop_over_generate": med["loop"] / med["generate"], "generate_compiled": peers["generate"],
+            "tpot_loop_all_s": times["loop"], "tpot_generate_all_s": times["generate"]}
+    if "generate_uncompiled" in peers:
+        out |= {"tpot_generate_uncompiled_s": med["generate_uncompiled"],
+                "loop_over_generate_uncompiled": med["loop"] / med["generate_uncompiled"],
+                "tpot_generate_uncompiled_all_s": times["generate_uncompiled"]}
+    return out
 
 
 def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
@@ -69,7 +93,7 @@ def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = Engin
     went from 3.06 to 3.25 ms after a 1 ms gap, its copies of the ids in and the token out doubling
     (scripts/diagnose_step_gap.py). The part of sys_simulated's extra time per token that is the
     GPU's, not the RPC's."""
-    backend = LocalBackend(model, resolved(engine, next(model.parameters()).device))
+    backend = LocalBackend(model, resolved(engine, model))
     # the CPU waits awake, so only the GPU goes idle, as it does while a step's round trip runs;
     # run_phase calls it after each forward, outside the step's time
     wait = lambda i, n: spin(gap_s)

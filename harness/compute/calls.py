@@ -20,10 +20,19 @@ class WorkerHandle:
         self.rref = rref
         self.key = rref.rpc_sync().key_remote()  # also waits until the worker is built
         owner, key = rref.owner(), self.key
-        self._call = lambda method, args: rpc.rpc_sync(owner, invoke, args=(key, method, *args))
+        self._call = lambda method, args, timeout=-1.0: rpc.rpc_sync(owner, invoke, args=(key, method, *args),
+                                                                     timeout=timeout)
+        self._async = lambda method, args: rpc.rpc_async(owner, invoke, args=(key, method, *args))
 
-    def rpc_sync(self) -> "_Methods":
-        return _Methods(self._call)
+    def rpc_sync(self, timeout_s: float | None = None) -> "_Methods":
+        """timeout_s: this call's RPC timeout instead of the agent's (a call known to be long)."""
+        if timeout_s is None:
+            return _Methods(self._call)
+        return _Methods(lambda method, args: self._call(method, args, timeout_s))
+
+    def rpc_async(self) -> "_Methods":
+        """Calls that return a torch Future at once (the message queued), as RRef.rpc_async()."""
+        return _Methods(self._async)
 
 
 class _Methods:
@@ -38,6 +47,17 @@ def call(worker, method: str, *args):
     """worker.method(*args) over RPC, with torch RPC's failures reworded (harness.compute.calls.explain)."""
     try:
         return getattr(worker.rpc_sync(), method)(*args)
+    except RuntimeError as e:
+        raise explain(e) from e
+
+
+def call_each(worker, method: str, args: list[tuple]) -> list:
+    """worker.method(*a) for every a in args, all sent at once (each message queued behind the
+    last), then waited for; results in order, failures reworded as call's."""
+    import torch
+    try:
+        futures = [getattr(worker.rpc_async(), method)(*a) for a in args]
+        return torch.futures.wait_all(futures)
     except RuntimeError as e:
         raise explain(e) from e
 

@@ -1,45 +1,49 @@
 """How a model's forward steps are run, the same way on the client (local mode) and in the worker
 (both remote modes), so that all three modes compute the same function.
 
-- eager:  a DynamicCache and one Python-launched forward per step (transformers' default). On the
-  H100 host it is bound by kernel launches: gpt2 decode took 59 ms a token, llama-1b 61 ms, an
-  8B Llama-3 shape 79 ms, with the GPU mostly idle.
-- static: a StaticCache ([batch, kv_heads, max_len, head_dim] per layer, written in place at a
-  position the cache keeps on the device), still launched eagerly: the graphs engine's cache and
-  numerics without the graph, so the CPU can test everything but the capture.
-- graphs: static, with each slot's decode step captured once as a CUDA graph and replayed: one
-  launch a token (H100: gpt2 0.90 ms, llama-1b 3.1 ms, the 8B shape 8.9 ms a token).
-- graphs-all: graphs, and each prompt length's prefill (from position 0) captured too. Why: an
-  eager prefill is bound by the host as well: on the H200 llama-1b's 128-token prefill took 25 ms
-  of host time (792 kernel launches) against 3 ms of GPU time, and moved 1.25-1.9x from process
-  to process. The prompt runs behind an explicit causal mask: transformers' own prefill into an
-  empty static cache decides on is_causal by reading the cache's position on the host (a sync,
-  which a capture cannot hold). The default on CUDA: on the H200 llama-1b's local prefill took
-  4.6-4.9 ms (128 tokens) and 6.2-6.5 ms (512) across 8 sweep points, where graphs' took 18-30 ms
-  and moved 1.3x between them (results/h200/sweep-llama-1b-v4 against -v3).
+- eager:  transformers' model with a DynamicCache, one Python-launched forward per step
+  (transformers' default; the CPU's default).
+- static: transformers' model with a StaticCache ([batch, kv_heads, max_len, head_dim] per layer,
+  written in place at a position the cache keeps on the device), launched eagerly: the graph
+  engines' cache and numerics without the graph, so the CPU can test everything but the capture.
+- graphs: static, with each slot's decode step captured once as a CUDA graph and replayed.
+- graphs-all: graphs, and each prompt length's prefill (from position 0) captured too, behind an
+  explicit causal mask: transformers' own prefill into an empty static cache decides on is_causal
+  by reading the cache's position on the host (a sync, which a capture cannot hold).
+- compact: the compact decoder code (harness.compute.compact: Llama and GPT-2 families) over its
+  own static cache. On CUDA the forward is compiled by inductor, which fuses everything between
+  the matrix products, and each slot's step of n tokens is captured as a CUDA graph (at any
+  position: the cache's position lives on the device). On a CPU the same code runs eagerly. The
+  default on CUDA where the model's family is covered, else graphs-all.
+Why the graph engines: an eager step is bound by the host's kernel launches, and an uncompiled
+graph by the kernels between the matrix products (docs/engines.md has the figures).
 
 A cache lives in a Slot. Slots are pooled: a released slot keeps its buffers and its captured
-graph for the next session, so capture (15 ms for gpt2, 1 s for the 8B shape) is paid once per
-slot, not per session. The graph reads the parameters and the cache at fixed addresses: weights
-must be copied into the parameters in place (harness.compute.staging.FlatParams), never rebound.
+graphs for the next session, so capture (and compilation, the first time) is paid once per slot,
+not per session. A graph reads the parameters and the cache at fixed addresses: weights must be
+copied into the parameters in place (harness.compute.staging.FlatParams), never rebound.
 
-The static cache attends over max_len positions behind a mask, so its fp16 numerics differ from
-the dynamic cache's (llama-1b's greedy tokens parted at the 34th token on the H100): compare an
-engine with itself, and with generate() using the same kind of cache.
+The static caches attend over max_len positions behind a mask, so their fp16 numerics differ from
+the dynamic cache's: compare an engine with itself, and with generate() using the same kind of cache.
 """
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
 
+from harness.compute import compact
 from harness.compute import threads as host_threads
 from harness.compute.models import forward_step
+from harness.compute.staging import SmallPinned
 from harness.errors import UsageError
 
-ENGINES = ("eager", "static", "graphs", "graphs-all")
-GRAPHS = ("graphs", "graphs-all")  # the engines that capture CUDA graphs
-AUTO = "auto"  # graphs-all on a CUDA device, else eager: each host picks for the device it runs on
+ENGINES = ("eager", "static", "graphs", "graphs-all", "compact")
+GRAPHS = ("graphs", "graphs-all")  # the engines that need CUDA (compact captures graphs where it has it)
+CAPTURES = (*GRAPHS, "compact")
+AUTO = "auto"  # on a CUDA device compact (graphs-all where compact does not cover the model), else eager
 
 
 @dataclass(frozen=True)
@@ -56,33 +60,35 @@ class EngineSpec:
             raise UsageError(f"the {self.name} engine needs max_len >= 1 (prompt + generated tokens)")
 
 
-def default_engine(device: str) -> str:
-    return "graphs-all" if str(device).startswith("cuda") else "eager"
+def default_engine(model) -> str:
+    if next(model.parameters()).device.type != "cuda":
+        return "eager"
+    return "compact" if compact.supported(model) is None else "graphs-all"
 
 
-def resolved(spec: EngineSpec, device) -> EngineSpec:
-    """spec with AUTO replaced by what runs on device."""
-    return spec if spec.name != AUTO else replace(spec, name=default_engine(device))
+def resolved(spec: EngineSpec, model) -> EngineSpec:
+    """spec with AUTO replaced by what runs `model` on its device."""
+    return spec if spec.name != AUTO else replace(spec, name=default_engine(model))
 
 
 class Slot:
-    """One session's KV cache and, for graphs, its captured decode step (and, for graphs-all, its
-    captured prefill per prompt length)."""
+    """One session's KV cache and its captured steps (n tokens -> Captured)."""
 
     def __init__(self, cache):
         self.cache = cache
         self.length = 0         # positions filled, kept here so that reading it never syncs the device
-        self.step: Captured | None = None  # graphs: the decode step, once captured
-        self.prompts: dict[int, Captured] = {}  # graphs-all: prompt length -> its prefill from position 0
+        self.graphs: dict[int, Captured] = {}
 
 
 @dataclass
 class Captured:
-    """A forward captured as a CUDA graph: replay reads ids and writes logits at fixed addresses."""
+    """A forward captured as a CUDA graph: replay reads ids and writes logits and the greedy
+    tokens at fixed addresses."""
     graph: "torch.cuda.CUDAGraph"
-    ids: torch.Tensor       # [batch, n] input, on the device (n = 1: a decode step)
+    ids: torch.Tensor       # [batch, n] input, on the device
     logits: torch.Tensor    # [batch, vocab] output
-    mask: torch.Tensor | None = None  # a prompt's [1, 1, n, max_len] causal mask, which the graph reads
+    tokens: torch.Tensor    # [batch] output: logits' argmax, first index on ties
+    mask: torch.Tensor | None = None  # graphs-all: a prompt's [1, 1, n, max_len] causal mask, which the graph reads
 
 
 class _NoEvent:
@@ -90,17 +96,44 @@ class _NoEvent:
         pass
 
 
+# Compiled compact code per model and (max_len, batch): one compilation serves every Engine of a
+# model (the suite makes a local backend per cell). Weak: the entry goes with the model.
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compact(model, spec: EngineSpec, cuda: bool):
+    per_model = _COMPILED.setdefault(model, {})
+    key = (spec.max_len, spec.batch)
+    if key not in per_model:
+        code = compact.compact_code(model, spec.max_len, spec.batch)
+        # no cudagraphs of inductor's own: the engine captures the step (with its argmax) itself.
+        # coordinate descent: inductor tunes each fused kernel's launch (docs/engines.md)
+        fn = code.forward
+        if cuda:
+            # one compilation per step length, model, dtype and cache size: more than dynamo's
+            # default 8 in one process (the tests' several models), never a silent eager fallback
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True})
+        per_model[key] = (code, fn)
+    return per_model[key]
+
+
 class Engine:
     def __init__(self, model, spec: EngineSpec):
         self.model = model
         self.device = next(model.parameters()).device
-        self.spec = spec = resolved(spec, self.device)
+        self.spec = spec = resolved(spec, model)
         self.threads = host_threads.apply(spec.threads, self.device)  # this process's: client or worker
-        if spec.name in GRAPHS and self.device.type != "cuda":
+        cuda = self.device.type == "cuda"
+        if spec.name in GRAPHS and not cuda:
             raise UsageError(f"the {spec.name} engine captures CUDA graphs: it needs a CUDA device, not "
-                             f"{self.device}; use --gap-engine eager (or static)")
+                             f"{self.device}; use --gap-engine eager, static or compact")
+        self.code, self._compiled = _compact(model, spec, cuda) if spec.name == "compact" else (None, None)
+        self.captures = spec.name in GRAPHS or (spec.name == "compact" and cuda)
+        self.io = SmallPinned(self.device)  # a step's ids in, its next tokens out
+        self.capture_s: dict[int, float] = {}  # n tokens -> the first capture's seconds (compilation included)
         self._free: list[Slot] = []
-        cuda = self.device.type == "cuda"  # one pair of events, reused: nothing made per forward
+        # one pair of events, reused: nothing made per forward
         self._span = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda
                       else (_NoEvent(), _NoEvent()))
 
@@ -113,6 +146,8 @@ class Engine:
             slot = self._free.pop()
             self._rewind(slot, 0)
             return slot
+        if self.code is not None:
+            return Slot(self.code.new_cache())
         from transformers import StaticCache
         return Slot(StaticCache(config=self.model.config, max_cache_len=self.spec.max_len))
 
@@ -123,36 +158,57 @@ class Engine:
     # -- steps --------------------------------------------------------------------------------
     def forward(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
         """ids [batch, n] on the device; extends the slot's cache; last position's logits [batch, vocab]
-        (for a replayed graph, its output buffer: read it before the next forward). On CUDA, events
-        on the stream bracket the forward's device work (gpu_span_s)."""
+        (for a replayed graph, its output buffer: read it before the next forward)."""
+        return self._run(slot, ids)[0]
+
+    def next_tokens(self, slot: Slot, ids, clock) -> list[int]:
+        """The greedy step as the local loop and the semantics-aware worker run it: ids (a step's
+        tokens as batch ints, or a prompt [batch, n] on the CPU) -> the next token per sequence.
+        One synchronisation: the ids go through a small pinned buffer into the graph's input, the
+        argmax is part of the graph, and the tokens come back through another pinned buffer.
+        clock: h2d_s the host's staging of the ids, compute_s from launch to the synchronisation
+        (the copies in and out, the forward), d2h_s reading the tokens; gpu_span_s the forward's."""
+        host = self.io.host_ids(ids)
+        clock.lap("h2d_s", sync=False)
+        _, tokens = self._run(slot, host)
+        out = self.io.start_download(tokens)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        clock.lap("compute_s", sync=False)
+        clock.add("gpu_span_s", self.gpu_span_s())
+        tokens = out.tolist()
+        clock.lap("d2h_s", sync=False)
+        return tokens
+
+    def _run(self, slot: Slot, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [batch, n] on the device or the host -> (logits [batch, vocab], tokens [batch]) on
+        the device; events on the stream bracket the forward's device work (gpu_span_s)."""
         events = self._span
-        events[0].record()
         with torch.inference_mode():
-            if not self._replayable(slot, ids):
-                logits = self._eager(slot.cache, ids)
-            else:
-                step = self._graph(slot, ids)
-                events[0].record()  # after a capture: the span is the step, not the capture
-                step.ids.copy_(ids)
+            if self._replayable(slot, ids):
+                step = slot.graphs.get(ids.shape[1]) or self._capture(slot, ids)
+                events[0].record()
+                step.ids.copy_(ids, non_blocking=True)
                 step.graph.replay()
-                logits = step.logits
+                logits, tokens = step.logits, step.tokens
+            else:
+                events[0].record()
+                logits = self._eager(slot.cache, ids.to(self.device, non_blocking=True))
+                tokens = torch.argmax(logits, dim=-1)
         events[1].record()
         slot.length += ids.shape[1]
-        return logits
+        return logits, tokens
 
     def _replayable(self, slot: Slot, ids: torch.Tensor) -> bool:
-        """graphs replays decode steps (the cache keeps its position on the device); graphs-all
-        also a prompt into an empty cache. graphs keeps prompts eager: transformers 5.24 shapes a
-        prefill into an empty static cache from host-side state and documents prefill as never
-        compiled (graphs-all passes the mask itself: _prompt_mask)."""
+        """compact replays any step (its position is on the device); graphs a decode step;
+        graphs-all also a prompt into an empty cache. graphs keeps prompts eager: transformers 5.24
+        shapes a prefill into an empty static cache from host-side state and documents prefill as
+        never compiled (graphs-all passes the mask itself: _prompt_mask)."""
+        if not self.captures or self.spec.name == "compact":
+            return self.captures
         if ids.shape[1] == 1:
-            return self.spec.name in GRAPHS
+            return True
         return self.spec.name == "graphs-all" and slot.length == 0
-
-    def _graph(self, slot: Slot, ids: torch.Tensor) -> Captured:
-        if ids.shape[1] == 1:
-            return slot.step or self._capture(slot, ids)
-        return slot.prompts.get(ids.shape[1]) or self._capture(slot, ids, self._prompt_mask(ids.shape[1]))
 
     def _prompt_mask(self, n: int) -> torch.Tensor:
         """[1, 1, n, max_len] bool, True where query i may attend key j (j <= i): a prompt from position
@@ -168,30 +224,34 @@ class Engine:
         return None if isinstance(start, _NoEvent) else start.elapsed_time(end) / 1e3
 
     def _eager(self, cache, ids, mask=None):
+        if self.code is not None:
+            return self._compiled(ids, cache.keys, cache.values, cache.pos)
         return forward_step(self.model, ids, cache, attention_mask=mask)
 
-    def _capture(self, slot: Slot, ids: torch.Tensor, mask: torch.Tensor | None = None) -> Captured:
-        """Warm the forward up on a side stream (as torch.cuda.graph requires), from where the cache
-        is each time (a prompt's second warm-up would otherwise write past max_len), rewind, and
-        capture; the cache's own position counter advances at each replay. mask: a prompt's."""
+    def _capture(self, slot: Slot, ids: torch.Tensor) -> Captured:
+        """Warm the forward up on a side stream (as torch.cuda.graph requires; compact compiles
+        here the first time), from where the cache is each time (a prompt's second warm-up would
+        otherwise write past max_len), rewind, and capture; the cache's own position counter
+        advances at each replay."""
+        t0 = time.perf_counter()
         n = slot.length
-        buf = ids.clone()
+        buf = ids.to(self.device, copy=True)  # the graph's own input: replays copy each step's ids into it
+        mask = self._prompt_mask(ids.shape[1]) if ids.shape[1] > 1 and self.code is None else None
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 self._rewind(slot, n)
-                self._eager(slot.cache, buf, mask)
+                torch.argmax(self._eager(slot.cache, buf, mask), dim=-1)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._rewind(slot, n)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = self._eager(slot.cache, buf, mask)
-        captured = Captured(graph, buf, logits, mask)  # only a whole capture goes back to the pool
-        if ids.shape[1] == 1:
-            slot.step = captured
-        else:
-            slot.prompts[ids.shape[1]] = captured
+            tokens = torch.argmax(logits, dim=-1)
+        captured = slot.graphs[ids.shape[1]] = Captured(graph, buf, logits, tokens, mask)
+        torch.cuda.synchronize(self.device)
+        self.capture_s.setdefault(ids.shape[1], time.perf_counter() - t0)
         return captured
 
     # -- the cache as tensors (the naive mode ships it) ------------------------------------
@@ -201,6 +261,8 @@ class Engine:
     def kv(self, slot: Slot) -> list:
         """Per layer (keys, values) of the filled positions, [batch, kv_heads, seq, head_dim]."""
         n = self.seq_len(slot)
+        if self.code is not None:
+            return [(k[:, :, :n], v[:, :, :n]) for k, v in zip(slot.cache.keys, slot.cache.values)]
         return [(layer.keys[:, :, :n], layer.values[:, :, :n]) for layer in slot.cache.layers]
 
     def load_kv(self, slot: Slot, kv: list) -> None:
@@ -211,19 +273,29 @@ class Engine:
             slot.length = kv[0][0].shape[-2] if kv else 0
             return
         with torch.inference_mode():
-            for layer, (k, v) in zip(slot.cache.layers, kv):
-                if not layer.is_initialized:
-                    layer.lazy_initialization(k, v)
-                layer.keys[:, :, :k.shape[-2]].copy_(k)
-                layer.values[:, :, :v.shape[-2]].copy_(v)
+            for (keys, values), (k, v) in zip(self._layers(slot, kv), kv):
+                keys[:, :, :k.shape[-2]].copy_(k)
+                values[:, :, :v.shape[-2]].copy_(v)
         self._rewind(slot, kv[0][0].shape[-2] if kv else 0)
 
-    @staticmethod
-    def _rewind(slot: Slot, n: int) -> None:
+    def _layers(self, slot: Slot, kv: list) -> list:
+        """Per layer (keys, values) buffers of a static cache (transformers' made on first use,
+        sized from the first keys it sees)."""
+        if self.code is not None:
+            return list(zip(slot.cache.keys, slot.cache.values))
+        for layer, (k, v) in zip(slot.cache.layers, kv):
+            if not layer.is_initialized:
+                layer.lazy_initialization(k, v)
+        return [(layer.keys, layer.values) for layer in slot.cache.layers]
+
+    def _rewind(self, slot: Slot, n: int) -> None:
         """Set the static cache's position to n: later writes go there, positions past it are
-        masked. In place: the captured graph reads the counter at its address."""
+        masked. In place: a captured graph reads the counter at its address."""
         slot.length = n
         with torch.inference_mode():
+            if self.code is not None:
+                slot.cache.rewind(n)
+                return
             for layer in slot.cache.layers:
                 if layer.is_initialized:
                     layer.cumulative_length.fill_(n)

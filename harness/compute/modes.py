@@ -20,9 +20,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from harness.compute.calls import call
+from harness.compute.calls import call, call_each
 from harness.compute.engine import Engine, EngineSpec
-from harness.compute.packing import Packed, pack, tensor_bytes
+from harness.compute.packing import Chunked, Packed, chunks, pack, tensor_bytes
 from harness.compute.timers import Clock
 from harness.compute.tokens import TOKEN_BYTES, greedy, on_device
 
@@ -74,17 +74,10 @@ class LocalBackend:
         return self._forward(tokens)
 
     def _forward(self, ids):
-        """Timed like the worker's step (harness.compute.worker.RemoteWorker._step), so the parts
-        compare across modes: ids to the device, the forward (and its CUDA-event span), the next
-        tokens back to the host."""
+        """Timed like the worker's greedy step (harness.compute.worker.RemoteWorker._step), so the
+        parts compare across modes: the engine's one-synchronisation step."""
         clock = Clock(self.device)
-        ids = on_device(ids, self.device)
-        clock.lap("h2d_s")
-        logits = self.engine.forward(self.slot, ids)
-        clock.lap("compute_s")
-        clock.add("gpu_span_s", self.engine.gpu_span_s())
-        tokens = greedy(logits)
-        clock.lap("d2h_s")
+        tokens = self.engine.next_tokens(self.slot, ids, clock)
         self.tally.add(0, 0, clock.split)
         return tokens
 
@@ -100,14 +93,23 @@ class NaiveBackend:
 
     def __init__(self, worker, state_dict: dict | Packed):
         self.worker = worker  # harness.compute.calls.WorkerHandle
-        self.weights = as_packed(state_dict)  # one buffer per dtype; see harness.compute.packing.Packed
+        # one buffer per dtype (harness.compute.packing.Packed), sent in chunks whose loads on the
+        # GPU host overlap the later chunks' arrival; the whole state on every call all the same
+        self.chunks = chunks(as_packed(state_dict))
+        self.nbytes = sum(c.data.numel() for c in self.chunks)
+        self.calls = 0
         self.tally = Tally()
         self.kv = None                        # Packed, as the worker sent it back
 
     def _call(self, ids):
-        sent = (self.weights, ids, self.kv)
+        """One stateless forward: every chunk of the weights sent at once, then, once they have
+        landed, the ids and the KV cache with the call (its stamps span the whole exchange)."""
+        self.calls += 1
+        sent = (self.chunks, ids, self.kv)
         t0 = time.time()
-        reply = call(self.worker, "run_stateless_forward_remote", *sent)
+        loads = call_each(self.worker, "load_chunk_remote", [(self.calls, c) for c in self.chunks])
+        reply = call(self.worker, "run_stateless_forward_remote", Chunked(self.calls, self.nbytes), ids, self.kv)
+        reply = reply._replace(server_s={**reply.server_s, "chunk_load_s": sum(loads)})
         t1 = time.time()
         self.kv = reply.kv_cache
         self.tally.add_call(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)), reply, t0, t1)

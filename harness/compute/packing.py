@@ -93,3 +93,34 @@ def pack_kv(kv: KV) -> Packed:
 def unpack_kv(p: Packed) -> KV:
     flat = unpack(p)
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+SEND_CHUNK_BYTES = 256 << 20  # the stateless request's weights travel in messages of this size
+
+
+class Chunk(NamedTuple):
+    """One message's share of a Packed buffer: bytes [offset, offset + len(data)) of dtype's."""
+    dtype: str
+    offset: int          # in bytes
+    data: torch.Tensor   # uint8, a storage of exactly these bytes, sharing the buffer's memory
+
+
+class Chunked(NamedTuple):
+    """In a stateless call, in place of its weights: they were sent ahead as chunks under this
+    call number (harness.compute.worker.RemoteWorker.load_chunk_remote), nbytes in all."""
+    call: int
+    nbytes: int
+
+
+def chunks(p: Packed, nbytes: int = SEND_CHUNK_BYTES) -> list[Chunk]:
+    """p's buffers cut into pieces of at most nbytes, each a tensor whose storage is just its own
+    bytes (no copy): torch RPC sends a tensor's whole storage, and clones a view of one twice
+    its size (torch/csrc/distributed/rpc/utils.cpp), so views of the whole buffer would be copied
+    on every call. CPU buffers only (the client's)."""
+    out = []
+    for dt, buf in p.buffers.items():
+        raw = buf.view(torch.uint8).numpy()  # memory the tensors below share, and keep alive
+        for lo in range(0, raw.nbytes, nbytes):
+            n = min(nbytes, raw.nbytes - lo)
+            out.append(Chunk(dt, lo, torch.frombuffer(raw, dtype=torch.uint8, count=n, offset=lo)))
+    return out

@@ -25,7 +25,10 @@ import torch
 from harness.compute.packing import Packed, pack, unpack
 
 PAGE = 4096
-MAX_REGISTERED = 2  # receive buffers kept page-locked: one per place the weights have landed lately
+BULK_BYTES = 1 << 20  # transfers this large go through HostStaging's checked bulk path; smaller ones through SmallPinned
+# receive buffers kept page-locked: the places a stateless call's weight chunks land lately (one
+# chunk's buffer is freed while the next arrives, so the same few addresses recur)
+MAX_REGISTERED = 4
 CHUNK_BYTES = 64 << 20  # small enough for copy and DMA to overlap, large enough to run at full speed
 # receive ranges page-locked with cudaHostRegister, start -> bytes. The process's, not one
 # staging's: a page is locked for the whole process, and two workers in one process (the tests'
@@ -45,6 +48,93 @@ def covered(lo: int, hi: int, ranges: dict[int, int]) -> bool | None:
     return None
 
 
+class SmallPinned:
+    """Transfers under BULK_BYTES (a step's ids, its next tokens, a small reply's logits) through
+    page-locked buffers kept for the process's life, one each way: no copy allocates or pins
+    memory or checks locked ranges, and the host's side of a copy is a CPU memcpy between the heap
+    and these buffers (the heap's memory never meets a DMA, so it may straddle a locked range,
+    harness.compute.staging.covered). The caller synchronises once, then reads the result."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._in = self._out = None
+
+    def _grow(self, buf, nbytes: int) -> torch.Tensor:
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(max(nbytes, 4096), dtype=torch.uint8, pin_memory=self.cuda)
+        return buf
+
+    def host_ids(self, ids) -> torch.Tensor:
+        """A step's tokens (batch ints) or a prompt [batch, n] (CPU) as [batch, n] int64 in the
+        inbound buffer."""
+        rows = ids.shape[0] if isinstance(ids, torch.Tensor) else len(ids)
+        n = ids.shape[1] if isinstance(ids, torch.Tensor) else 1
+        self._in = self._grow(self._in, rows * n * 8)
+        host = self._in[:rows * n * 8].view(torch.long).view(rows, n)
+        if isinstance(ids, torch.Tensor):
+            host.copy_(ids)
+        else:
+            host.numpy()[:, 0] = ids
+        return host
+
+    def to_device(self, ids) -> torch.Tensor:
+        """host_ids(ids) on the device (queued: the caller's one synchronisation covers it)."""
+        return self.host_ids(ids).to(self.device, non_blocking=self.cuda)
+
+    def start_download(self, t: torch.Tensor) -> torch.Tensor:
+        """Queue t's copy into the outbound buffer and return that view: read it after the
+        caller's synchronisation, and clone it if it must outlive the next transfer."""
+        self._out = self._grow(self._out, t.nbytes)
+        host = self._out[:t.nbytes].view(t.dtype).view(t.shape)
+        host.copy_(t, non_blocking=self.cuda)
+        return host
+
+    def copy_in(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Host src into device dst (same dtype and size) through the inbound buffer; synchronous,
+        since the buffer serves the next copy (a naive call's small KV cache, not a step's ids)."""
+        self._in = self._grow(self._in, src.nbytes)
+        host = self._in[:src.nbytes].view(src.dtype).view(src.shape)
+        host.copy_(src)
+        dst.copy_(host, non_blocking=self.cuda)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def download(self, t: torch.Tensor) -> torch.Tensor:
+        """t on the host in memory of its own (a reply must own its storage: harness.compute.packing)."""
+        host = self.start_download(t)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        return host.clone()
+
+
+def step_io_s(device: torch.device, n: int = 1000) -> dict:
+    """A decode step's transfers with no model between them: a [1, 1] id up into a device
+    tensor and the [1] token back, through SmallPinned (one synchronisation) and through
+    torch.tensor(...).to(device) and .tolist(); medians of n round trips each, alternating."""
+    import statistics
+    import time
+    io, static = SmallPinned(device), torch.zeros(1, 1, dtype=torch.long, device=device)
+
+    def pinned(token):
+        static.copy_(io.host_ids([token]), non_blocking=True)
+        out = io.start_download(static[:, 0])
+        torch.cuda.current_stream(device).synchronize()
+        return out.tolist()
+
+    def plain(token):
+        static.copy_(torch.tensor([[token]]).to(device))
+        return static[:, 0].tolist()
+    times = {pinned: [], plain: []}
+    for i in range(n):
+        for fn in times:
+            t0 = time.perf_counter()
+            assert fn(i) == [i]
+            times[fn].append(time.perf_counter() - t0)
+    return {"pinned_round_trip_s": statistics.median(times[pinned]),
+            "plain_round_trip_s": statistics.median(times[plain]), "round_trips": n}
+
+
 class HostStaging:
     """A pinned buffer, grown to the largest transfer seen and then reused (pinning is slow: it is
     paid once). Only host->device: a reply must own its storage, since torch RPC sends a view's
@@ -57,6 +147,7 @@ class HostStaging:
         self._pinned: torch.Tensor | None = None
         self.pin_received = pin_received and self.cuda   # see the module's docstring
         self.registered = REGISTERED                     # page-aligned start -> bytes, the process's
+        self.small = SmallPinned(device)                 # transfers under BULK_BYTES
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         if self._pinned is None or self._pinned.numel() < nbytes:
@@ -68,6 +159,9 @@ class HostStaging:
         on CUDA: the caller's clock synchronises. pin: src is a receive buffer worth page-locking
         for the next call (the weights; a KV cache is small, and its buffer moves as it grows)."""
         assert src.shape == dst.shape and src.dtype == dst.dtype, (src.shape, dst.shape, src.dtype, dst.dtype)
+        if self.cuda and src.nbytes < BULK_BYTES:
+            self.small.copy_in(src, dst)
+            return
         if not self.cuda or self._pinned_whole(src):
             dst.copy_(src, non_blocking=self.cuda)
             return
@@ -75,20 +169,14 @@ class HostStaging:
         if pin and self.pin_received:
             self._register(src.data_ptr(), src.nbytes)
 
-    def upload(self, t: torch.Tensor) -> torch.Tensor:
-        """A received host tensor (any shape) on the device, by to_device: a small one too may
-        start inside a locked range and end past it."""
-        if not self.cuda:
-            return t.to(self.device)
-        dst = torch.empty(t.shape, dtype=t.dtype, device=self.device)
-        self.to_device(t.contiguous().view(-1), dst.view(-1))
-        return dst
-
     def download(self, t: torch.Tensor) -> torch.Tensor:
-        """t's copy in host memory that torch's pinned allocator owns, never in the heap, where an
-        allocation may straddle a locked range (covered) and a copy into it fail. A reply owns it."""
+        """t's copy on the host, owning its storage (a reply). Under BULK_BYTES through the small
+        pinned buffer; a bulk one lands in memory that torch's pinned allocator owns, never in the
+        heap, where an allocation may straddle a locked range (covered) and a copy into it fail."""
         if not self.cuda:
             return t.cpu()
+        if t.nbytes < BULK_BYTES:
+            return self.small.download(t)
         return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
 
     def download_packed(self, p: Packed) -> Packed:

@@ -21,8 +21,10 @@ class Clock:
         self.t = time.perf_counter()
         self.split: dict[str, float] = {}
 
-    def lap(self, name: str) -> None:
-        if self.cuda:
+    def lap(self, name: str, sync: bool = True) -> None:
+        """Charge the time since the last lap to name; sync: wait for the device first (False
+        where the caller synchronised, or the part is the host's own work)."""
+        if self.cuda and sync:
             torch.cuda.synchronize()
         now = time.perf_counter()
         self.add(name, now - self.t)

@@ -16,10 +16,8 @@ def on_device(ids, device) -> torch.Tensor:
 TOKEN_BYTES = 8  # a token id counted as int64, as ids travel in tensors: the payload model's unit
 
 
-def greedy(logits: torch.Tensor, to_host=None) -> list[int]:
+def greedy(logits: torch.Tensor) -> list[int]:
     """The next token per sequence: argmax over the vocabulary, first index on ties (as
-    generate()). logits [batch, vocab] -> batch ints (one device sync). to_host: how the [batch]
-    argmax reaches the host (the worker's: HostStaging.download); None: Tensor.tolist's own copy."""
-    ids = torch.argmax(logits, dim=-1)
-    return (to_host(ids) if to_host else ids).tolist()
-
+    generate()). logits [batch, vocab] on the host -> batch ints. The engine takes the same argmax
+    on the device (harness.compute.engine.Engine.next_tokens)."""
+    return torch.argmax(logits, dim=-1).tolist()

@@ -31,15 +31,13 @@ from typing import NamedTuple
 
 import torch
 
-from harness.compute import hostmem
+from harness.compute import floor, hostmem
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device
 from harness.compute.nvml import NO_SAMPLES, make_sampler
-from harness.compute.packing import Packed, pack_kv, unpack_kv
+from harness.compute.packing import Chunk, Chunked, Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock, spin
-from harness.compute.tokens import greedy as greedy_tokens
-from harness.compute.tokens import on_device
 from harness.testbed import cpuidle, rpc
 
 
@@ -105,6 +103,7 @@ class RemoteWorker:
         self.staging = HostStaging(self.device, pin_received=hostmem.POLICY == "keep")
         self.staging.reserve(max(b.nbytes for b in self.params.store.buffers.values()))
         self.weights_loaded = False
+        self._call, self._landed = None, 0  # the stateless call whose chunks are landing, and its bytes so far
         self.caches: dict[str, object] = {}
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
@@ -115,10 +114,30 @@ class RemoteWorker:
 
     # -- stateless: the naive system ------------------------------------------------------
     @_compute_thread
-    def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
-        """state_dict: the client's Packed weights (harness.compute.packing.pack), or a plain dict."""
+    def load_chunk_remote(self, call: int, chunk: Chunk) -> float:
+        """One message's share of a stateless call's weights (harness.compute.packing.chunks),
+        straight into the parameters as it lands, while the next chunks are still on the wire (an
+        API-remoting layer forwarding a copy per piece). Synchronised before returning: the
+        receive buffer is torch RPC's, freed once this returns. Returns its seconds here."""
         clock = Clock(self.device)
-        self._load(state_dict)
+        if call != self._call:
+            self._call, self._landed = call, 0
+        dst = self.params.store.buffers[chunk.dtype].view(torch.uint8)
+        self.staging.to_device(chunk.data, dst[chunk.offset:chunk.offset + chunk.data.numel()], pin=True)
+        self._landed += chunk.data.numel()
+        self.weights_loaded = False  # what a stateless call loads is not ours to keep
+        clock.lap("load_s")
+        return clock.split["load_s"]
+
+    @_compute_thread
+    def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
+        """state_dict: the client's Packed weights (harness.compute.packing.pack), a plain dict, or
+        Chunked: this call's weights already landed through load_chunk_remote."""
+        clock = Clock(self.device)
+        if isinstance(state_dict, Chunked):
+            self._require_chunks(state_dict)
+        else:
+            self._load(state_dict)
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
         slot = self.engine.new_slot()
@@ -187,6 +206,23 @@ class RemoteWorker:
         """Pinned host<->device GB/s on this host (harness.compute.staging.copy_bandwidth)."""
         return copy_bandwidth(self.device)
 
+    @_compute_thread
+    def warm_remote(self, prompt_len: int, batch: int = 1) -> dict:
+        """Capture the engine's steps (the compact engine compiles them the first time) for a
+        prompt of prompt_len and a decode step, on a slot the pool keeps: what the first timed
+        call would otherwise pay, inside its RPC timeout. Returns seconds by step length."""
+        slot, clock = self.engine.new_slot(), Clock(self.device)
+        tokens = self.engine.next_tokens(slot, torch.zeros(batch, prompt_len, dtype=torch.long), clock)
+        self.engine.next_tokens(slot, tokens, clock)
+        self.engine.release(slot)
+        return dict(self.engine.capture_s)
+
+    @_compute_thread
+    def memory_floor_remote(self, positions: int, batch: int = 1) -> dict:
+        """This GPU's memory floor under a decode step of this model at `positions` filled
+        positions (harness.compute.floor)."""
+        return floor.measure(self.model, positions, batch).to_dict()
+
     def key_remote(self) -> str:
         return self.key
 
@@ -222,7 +258,7 @@ class RemoteWorker:
         import psutil
         cuda = self.device.type == "cuda"
         return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
-                "threads": self.engine.threads,
+                "threads": self.engine.threads, "engine_capture_s": dict(self.engine.capture_s),
                 "cpu_idle": cpuidle.state(),
                 "receive_pinned_bytes": sum(self.staging.registered.values()),
                 "rss_bytes": psutil.Process().memory_info().rss,
@@ -234,13 +270,15 @@ class RemoteWorker:
     def _step(self, ids, slot, clock: Clock, greedy: bool = False) -> torch.Tensor | list[int]:
         """One forward extending the slot's cache; charges h2d/compute/d2h to clock. Returns the
         logits on the CPU, or with greedy the next token per sequence (the argmax taken here, as
-        the local loop takes it beside its GPU)."""
-        ids = self.staging.upload(on_device(ids, "cpu"))
+        the local loop takes it beside its GPU, in the engine's one-synchronisation step)."""
+        if greedy:
+            return self.engine.next_tokens(slot, ids, clock)
+        ids = self.engine.io.to_device(ids)
         clock.lap("h2d_s")
         logits = self.engine.forward(slot, ids)
         clock.lap("compute_s")
         clock.add("gpu_span_s", self.engine.gpu_span_s())
-        out = greedy_tokens(logits, self.staging.download) if greedy else self.staging.download(logits)
+        out = self.staging.download(logits)
         clock.lap("d2h_s")
         return out
 
@@ -254,6 +292,12 @@ class RemoteWorker:
         else:  # a Packed is the client's pack of this model: anything else is a bug, not a slow path
             raise ValueError("the packed weights do not match this worker's model (another model, dtype "
                              "or transformers version on the client?)")
+
+    def _require_chunks(self, chunked: Chunked) -> None:
+        if (self._call, self._landed) != (chunked.call, chunked.nbytes):
+            raise RuntimeError(f"stateless call {chunked.call}: {self._landed} of {chunked.nbytes} weight bytes "
+                               f"landed (call {self._call}): send every chunk, and wait for them, before the forward")
+        self._call, self._landed = None, 0
 
     def _require_weights(self):
         if not self.weights_loaded:

@@ -158,7 +158,8 @@ class CellInfo:
 
 CONTROL_TESTS = {"test_local_loop_vs_generate": "local_vs_generate", "test_capture_overhead": "capture_overhead",
                  "test_serialisation_alone": "serialisation", "test_control_rpc_noop": "rpc_noop",
-                 "test_control_local_step_after_gap": "local_gap", "test_capture_cost_per_step": "capture_step_cost"}
+                 "test_control_local_step_after_gap": "local_gap", "test_capture_cost_per_step": "capture_step_cost",
+                 "test_control_step_io": "step_io"}
 
 
 def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict]:

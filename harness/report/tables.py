@@ -8,7 +8,7 @@ import statistics
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.report.analysis import TIME_PARTS
-from harness.measure.iperf import iperf_for_channel, run_channel
+from harness.report.floors import FLOOR_COLUMNS, MEMORY_COLUMNS, floor_rows, memory_caption, memory_rows
 from harness.report.invariants import ANALYSIS_SHARE_MAX, PROBE_OVERHEAD_MAX, RETRANSMISSION_NOTE, RPC_BOUND
 from harness.report.payload_model import CLOSURE_TOLERANCE
 from harness.report.units import human_bytes
@@ -179,53 +179,7 @@ def _ratio(num: float | None, den: float | None) -> str:
     return "n/a" if not num or not den else f"{num / den:,.1f}x"
 
 
-FLOOR_PARTS = ("wire", "host→device", "device→host", "compute", "round trips")
-FLOOR_COLUMNS = ["Phase", "Mode", "Latency (s)", "Floor (s)", "Measured ÷ floor", "Dominant part", *FLOOR_PARTS]
-
-
-def floor_rows(infos, controls: dict, env: dict) -> list[dict]:
-    """Per cell, the least its round could take on this link, bus and GPU, from controls measured
-    in the same run. A part whose control is missing is left out, and the row says so."""
-    link_gbps = iperf_for_channel(env.get("link_check") or {}, run_channel(env))
-    copy = env.get("copy_gbps") or {}
-    rtt = (controls.get("rpc_noop") or {}).get("rtt_s")
-    compute = {i.phase: i.summary.time.get("server_compute_s") for i in infos if not MODES[i.mode].remote}
-    rows = []
-    for info in sorted(infos, key=_sort_key):
-        parts = cell_floor(info, compute.get(info.phase), link_gbps, copy, rtt)
-        if not parts:
-            continue
-        floor = sum(v for v in parts.values() if v is not None)
-        measured = info.summary.latency_s.mean
-        if measured is None:
-            continue
-        rows.append({"Phase": info.phase, "Mode": info.mode, "Latency (s)": f"{measured:.4f}",
-                     "Floor (s)": f"{floor:.4f}", "Measured ÷ floor": f"{measured / floor:.2f}" if floor else "n/a",
-                     "Dominant part": max(parts, key=lambda k: parts[k] or 0),
-                     **{k: _num(v, lambda x: f"{x:.4f}") for k, v in parts.items()}})
-    return rows
-
-
-def cell_floor(info, compute_s: float | None, link_gbps: float | None, copy: dict, rtt_s: float | None) -> dict:
-    """The floor's parts (seconds per round): wire = payload ÷ the link's rate; host<->device =
-    what the worker must move ÷ pinned copy rates (naive: weights + cache in, cache + logits out);
-    compute = the local cell's forward time; round trips = calls x an empty RPC's (sys)."""
-    mode, s = MODES[info.mode], info.summary
-    tx, rx = s.payload_tx_bytes.mean or 0, s.payload_rx_bytes.mean or 0
-    calls = info.measured[0]["calls"] if info.measured else 0
-    parts = dict.fromkeys(FLOOR_PARTS)
-    parts["compute"] = compute_s
-    if mode.remote:
-        parts["wire"] = (tx + rx) * 8 / (link_gbps * 1e9) if link_gbps else None
-    if mode.stateless:
-        parts["host→device"] = tx / (copy["h2d_gbps"] * 1e9) if copy else None
-        parts["device→host"] = rx / (copy["d2h_gbps"] * 1e9) if copy else None
-    elif mode.remote:
-        parts["round trips"] = calls * rtt_s if rtt_s else None
-    return parts if compute_s is not None else {}
-
-
-def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
+def harness_rows(infos, controls: dict, link: dict, worker_capture: dict | None = None) -> list[dict]:
     """The harness's own evidence: is the link measured, is the RPC path fast enough, what does
     the probe cost, is the baseline honest, does the payload model close, do the parts add up.
     A check with nothing to show in this run (no link, no controls run) has no row."""
@@ -234,7 +188,9 @@ def harness_rows(infos, controls: dict, link: dict) -> list[dict]:
     rows = [_link_row(link), _rpc_path_row(summaries, mode_of), _probe_cost_row(controls.get("capture_overhead")),
             _capture_step_row(controls.get("capture_step_cost")),
             _analysis_row(summaries, mode_of), _baseline_row(controls.get("local_vs_generate")),
+            _capture_row(worker_capture),
             _tpot_row(infos, controls.get("rpc_noop"), controls.get("local_gap")),
+            _step_parts_row(infos, controls.get("rpc_noop")), _step_io_row(controls.get("step_io")),
             _closure_row(summaries), _time_sum_row(summaries),
             _serialisation_row(summaries, controls.get("serialisation"))]
     return [{"Check": c, "Figure": f, "Target": t} for c, f, t in filter(None, rows)]
@@ -304,8 +260,62 @@ def _tpot_row(infos, noop, gap=None):
             f"{ms(extra)} (round trip {ms(noop['rtt_s'])} back to back{after}{across}{gpu})", target)
 
 
+def _per_step(infos, mode: str) -> dict | None:
+    """A decode step's mean time per part: the decode round's parts less the prefill round's, over
+    the steps (None where either cell or its breakdown is missing)."""
+    by = {(i.phase, i.mode): i for i in infos}
+    decode, prefill = by.get(("decode", mode)), by.get(("prefill", mode))
+    if not decode or not prefill or not decode.summary.time or not prefill.summary.time:
+        return None
+    return {k: ((decode.summary.time.get(k) or 0.0) - (prefill.summary.time.get(k) or 0.0)) / decode.steps
+            for k in TIME_PARTS}
+
+
+def _step_parts_row(infos, noop):
+    """Where sys_simulated's time per token beyond local's goes, part by part (the time
+    breakdown's parts, a decode round's less its prefill's, per step), beside the empty RPC."""
+    sys_, local = _per_step(infos, "sys_simulated"), _per_step(infos, "local")
+    if not sys_ or not local:
+        return None
+    diff = {k: sys_[k] - local[k] for k in TIME_PARTS}
+    us = lambda v: f"{v * 1e6:+.0f}"
+    parts = ", ".join(f"{k.removesuffix('_s')} {us(v)}" for k, v in sorted(diff.items(), key=lambda kv: -abs(kv[1]))
+                      if abs(v) >= 1e-6)
+    rtt = f"; the empty RPC back to back {noop['rtt_s'] * 1e6:.0f} µs" if noop else ""
+    return ("sys_simulated − local per decode step, by part (µs)", f"{sum(diff.values()) * 1e6:+.0f}: {parts}{rtt}", "-")
+
+
+def _step_io_row(io):
+    if not io:
+        return None
+    return ("a step's [1, 1] id up and token down, no model: small pinned buffers vs .to() and .tolist()",
+            f"{io['pinned_round_trip_s'] * 1e6:.1f} µs vs {io['plain_round_trip_s'] * 1e6:.1f} µs "
+            f"(medians of {io['round_trips']})", "-")
+
+
+def _capture_row(capture):
+    """The worker's capture (and compilation) of its steps before any cell, by step length."""
+    if not capture:
+        return None
+    return ("the worker's graphs captured (compiled) before the cells, by tokens a step",
+            ", ".join(f"{n}: {s:.1f} s" for n, s in sorted(capture.items(), key=lambda kv: int(kv[0]))), "-")
+
+
 def _baseline_row(base):
-    return base and ("local loop ÷ generate(), time per token", f"{base['loop_over_generate']:.2f}", "<= 1.05")
+    """The local loop against generate(): compiled (transformers' own fast path, on CUDA) where
+    the run had it, with the uncompiled one beside it; compilation times apart."""
+    if not base:
+        return None
+    peer = "compiled static-cache generate()" if base.get("generate_compiled") else "generate()"
+    figure = (f"{base['loop_over_generate']:.2f} ({base['tpot_loop_s'] * 1e3:.3f} ms against "
+              f"{base['tpot_generate_s'] * 1e3:.3f} ms")
+    if "loop_over_generate_uncompiled" in base:
+        figure += (f"; uncompiled generate() {base['tpot_generate_uncompiled_s'] * 1e3:.3f} ms, "
+                   f"ratio {base['loop_over_generate_uncompiled']:.2f}")
+    compiles = [f"{k.removeprefix('compile_').removesuffix('_s')} {v:.1f} s" for k, v in base.items()
+                if k.startswith("compile_") and v is not None]
+    figure += f"; compile and capture, apart: {', '.join(compiles)})" if compiles else ")"
+    return f"local loop ÷ {peer}, time per token", figure, "<= 1.05"
 
 
 def _closure_row(summaries):
@@ -333,8 +343,9 @@ def _time_sum_row(summaries):
 def full_report(infos, controls: dict | None = None, env: dict | None = None) -> str:
     """env: machine_info's semantic_gap (link check, copy rates, RPC channel), where known."""
     infos, controls, env = list(infos), controls or {}, env or {}
-    checks = harness_rows(infos, controls, env.get("link_check") or {})
+    checks = harness_rows(infos, controls, env.get("link_check") or {}, env.get("worker_capture_s"))
     floors = floor_rows(infos, controls, env)
+    memory = memory_rows(infos, env.get("memory_floor"))
     gaps = gap_rows(infos)
     return "\n\n".join([
         markdown_table(table_rows(infos)),
@@ -343,10 +354,11 @@ def full_report(infos, controls: dict | None = None, env: dict | None = None) ->
         "Measurement checks (means over measured rounds; iperf3 with as many streams as the RPC "
         f"channel has lanes; RPC-bound: under {RPC_BOUND:.0%} of it, the RPC path and not the link sets "
         "the naive mode's pace):\n" + markdown_table(check_rows(infos), check_columns(infos)),
-        *(["Physical floor per round (s): what the link (iperf3, as many streams as lanes), the bus "
-           "(pinned copies) and the GPU (the local cell's forward time) allow; the naive worker "
-           "receives, loads, computes and replies in sequence, so its floor is their sum, and a "
-           "ratio under 1 means overlap beat it:\n" + markdown_table(floors, FLOOR_COLUMNS)] if floors else []),
+        *(["Physical floor per round (s), from controls of this run (harness/report/floors.py): the link "
+           "(its best iperf3 figure), the bus (pinned copies) and the GPU (the local cell's forward time); "
+           "serial adds the parts, overlapped runs each direction's copy beside its wire time:\n"
+           + markdown_table(floors, FLOOR_COLUMNS)] if floors else []),
+        *([memory_caption(env["memory_floor"]) + "\n" + markdown_table(memory, MEMORY_COLUMNS)] if memory else []),
         "Time breakdown (s per round, each part measured: client and server clocks, server timers,"
         " packet times; see harness/measure/timeline.py):\n"
         + markdown_table(time_rows(infos), ["Phase", "Mode", "Latency (s)", *TIME_PARTS, "sum / latency"]),
