@@ -109,10 +109,26 @@ def _outcome(log: Path) -> list[str]:
     return [f"- pytest: {verdict}" + (f"; failed: {', '.join(failed)} (pytest.log says why)" if failed else "")]
 
 
+HISTORY = "history.json"  # results/: the sets later runs replaced, and the commit that removed each
+
+
+def describe_history(root: Path) -> str:
+    """The sets removed from results/ (git keeps them), each with the commit that removed it."""
+    path = root / HISTORY
+    if not path.exists():
+        return ""
+    history = json.loads(path.read_text())
+    lines = ["## History", "", history["note"], ""]
+    for entry in history["removed"]:
+        lines.append(f"- removed in {entry['commit']}, replaced by `{entry['replaced_by']}`: "
+                     + ", ".join(f"`{p}`" for p in entry["paths"]))
+    return "\n".join([*lines, ""])
+
+
 def catalog(root: Path) -> str:
     return "\n".join([HEADER, *(describe(p, root) for p in runs(root)),
                       *(describe_sweep(f, root) for f in sweeps(root)),
-                      *(describe_predicted(f, root) for f in predicted(root))])
+                      *(describe_predicted(f, root) for f in predicted(root)), describe_history(root)])
 
 
 def main(argv=None) -> int:
