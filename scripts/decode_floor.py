@@ -3,8 +3,9 @@
     python scripts/decode_floor.py --model llama-1b [--engines graphs-all,compact] [--steps 50]
 
 prints the floor (harness.compute.floor: read bandwidth, bytes a step streams, the chain of batch-1
-products) and, per engine, the local loop's time per output token, its first capture's seconds
-(compilation included), and the ratios. The suite measures the same in every run (the memory floor
+products) and, per engine, the local loop's time per output token, its warm-up's seconds
+(capture, and compilation where the engine compiles), the ratios, and the first generated token
+that differs from the first engine's (in bf16 two engines round differently). The suite measures the same in every run (the memory floor
 table); this puts engines side by side without the rest of the suite.
 """
 from __future__ import annotations
@@ -12,9 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.compute import floor
 from harness.compute.engine import EngineSpec
@@ -37,6 +42,7 @@ def main(argv=None) -> None:
     mem = floor.measure(model, args.prompt_len + args.steps // 2)
     print(json.dumps({"model": args.model, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                       else "cpu", **mem.to_dict()}), flush=True)
+    first = None  # the first engine's tokens: each later engine's are compared with them
     for name in args.engines.split(","):
         backend = LocalBackend(model, EngineSpec(name, args.prompt_len + args.steps + 1))
         t0 = time.perf_counter()
@@ -44,9 +50,13 @@ def main(argv=None) -> None:
         warm_s = time.perf_counter() - t0
         runs = [run_phase(backend, prompt, "decode", args.steps) for _ in range(args.repeats)]
         tpot = statistics.median(r.tpot_s for r in runs)
+        tokens = runs[0].tokens
+        first = first or (name, tokens)
+        parted = next((i for i, (a, b) in enumerate(zip(tokens, first[1])) if a != b), None)
         print(json.dumps({"engine": name, "tpot_ms": tpot * 1e3, "warm_up_s": warm_s,
                           "tpot_over_floor": tpot / mem.floor_s, "tpot_over_chain": tpot / mem.gemv_chain_s,
-                          "tokens": runs[0].tokens[:8]}), flush=True)
+                          "tokens": tokens[:8], f"first_token_differing_from_{first[0]}": parted}), flush=True)
+        backend.end()
 
 
 if __name__ == "__main__":
