@@ -102,19 +102,23 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _compact(model, spec: EngineSpec, cuda: bool):
+    """(code, forward for a decode step, forward for a prompt). On CUDA both are compiled; the
+    decode step's kernels are tuned too (inductor's coordinate descent: the step is the target,
+    and tuning costs a minute on the 8B), a prompt's are not."""
     per_model = _COMPILED.setdefault(model, {})
     key = (spec.max_len, spec.batch)
     if key not in per_model:
         code = compact.compact_code(model, spec.max_len, spec.batch)
-        # no cudagraphs of inductor's own: the engine captures the step (with its argmax) itself.
-        # coordinate descent: inductor tunes each fused kernel's launch (docs/engines.md)
-        fn = code.forward
+        step = prompt = code.forward
         if cuda:
             # one compilation per step length, model, dtype and cache size: more than dynamo's
-            # default 8 in one process (the tests' several models), never a silent eager fallback
+            # default 8 in one process (the tests' several models), never a silent eager fallback.
+            # No cudagraphs of inductor's own: the engine captures each step (with its argmax) itself
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            fn = torch.compile(fn, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True})
-        per_model[key] = (code, fn)
+            step = torch.compile(code.forward, fullgraph=True, dynamic=False,
+                                 options={"coordinate_descent_tuning": True})
+            prompt = torch.compile(code.forward, fullgraph=True, dynamic=False)
+        per_model[key] = (code, step, prompt)
     return per_model[key]
 
 
@@ -128,7 +132,8 @@ class Engine:
         if spec.name in GRAPHS and not cuda:
             raise UsageError(f"the {spec.name} engine captures CUDA graphs: it needs a CUDA device, not "
                              f"{self.device}; use --gap-engine eager, static or compact")
-        self.code, self._compiled = _compact(model, spec, cuda) if spec.name == "compact" else (None, None)
+        self.code, self._step, self._prompt = (_compact(model, spec, cuda) if spec.name == "compact"
+                                               else (None, None, None))
         self.captures = spec.name in GRAPHS or (spec.name == "compact" and cuda)
         self.io = SmallPinned(self.device)  # a step's ids in, its next tokens out
         self.capture_s: dict[int, float] = {}  # n tokens -> the first capture's seconds (compilation included)
@@ -225,7 +230,8 @@ class Engine:
 
     def _eager(self, cache, ids, mask=None):
         if self.code is not None:
-            return self._compiled(ids, cache.keys, cache.values, cache.pos)
+            forward = self._step if ids.shape[1] == 1 else self._prompt
+            return forward(ids, cache.keys, cache.values, cache.pos)
         return forward_step(self.model, ids, cache, attention_mask=mask)
 
     def _capture(self, slot: Slot, ids: torch.Tensor) -> Captured:
