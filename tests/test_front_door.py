@@ -90,7 +90,7 @@ def workflow_runs(path: Path) -> str:
 def test_every_command_shown_parses():
     shown = [c for p in PAGES for c in commands(p.read_text())]
     shown += [c for w in WORKFLOWS for c in commands(workflow_runs(w))]
-X
+    assert any(a.startswith("--benchmark-compare=results/") for c in shown for a in c), "the GPU smoke's baseline"
     assert any(c[1:4] == ["-m", "pytest", "benchmarks"] for c in shown), "the main job's command"
     for argv in {tuple(c) for c in shown}:
         proc = _parses(list(argv))

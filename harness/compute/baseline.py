@@ -51,39 +51,37 @@ def loop_tpot_s(backend, prompt, steps: int) -> float:
     return run_phase(backend, prompt, "decode", steps).tpot_s
 
 
-def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
+def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeats: int = 3,
+            spec=None) -> dict:
     """The local loop's time per token against generate()'s, alternating so drift on a shared
-    machine hits both alike; medians. On CUDA the peer is generate()'s compiled static-cache step
-    (its compilation, in the first call, timed apart as compile_generate_s) and the uncompiled one
-    is a second row; elsewhere generate() does not compile and the uncompiled one is the peer.
-    One local backend for every repeat: its slot, and a captured graph, are made once, in the warm-up."""
+    machine hits both alike; medians. On CUDA the peer is generate()'s compiled static-cache step,
+    timed in a process of its own (harness.compute.peer says why; spec: the model it builds, the
+    same as this one), its compilation apart, and the uncompiled generate() here is a second row;
+    elsewhere generate() does not compile and the uncompiled one is the peer. One local backend
+    for every repeat: its slot, and a captured graph, are made once, in the warm-up."""
+    from harness.compute import peer
     engine = resolved(engine, model)
-    cuda = next(model.parameters()).device.type == "cuda"
-    peers = {"generate": cuda and engine.name != "eager", "generate_uncompiled": False} if cuda \
-        else {"generate": False}
+    device = next(model.parameters()).device
+    compiled = device.type == "cuda" and engine.name != "eager" and spec is not None
     backend = LocalBackend(model, engine)
     t0 = time.perf_counter()
     loop_tpot_s(backend, prompt, 2)  # warm-up: capture (and compilation) of the loop's graphs
-    out = {"compile_loop_s": time.perf_counter() - t0}
-    for name, compiled in peers.items():
-        t0 = time.perf_counter()
-        generate_tpot_s(model, prompt, 2, engine, compiled)
-        out[f"compile_{name}_s"] = time.perf_counter() - t0
-    times = {name: [] for name in ("loop", *peers)}
+    out = {"compile_loop_s": time.perf_counter() - t0, "generate_compiled": compiled}
+    generate_tpot_s(model, prompt, 2, engine)  # warm-up of the uncompiled generate()
+    loop, gen = [], []
     for _ in range(repeats):
-        times["loop"].append(loop_tpot_s(backend, prompt, steps))
-        for name, compiled in peers.items():
-            times[name].append(generate_tpot_s(model, prompt, steps, engine, compiled))
+        loop.append(loop_tpot_s(backend, prompt, steps))
+        gen.append(generate_tpot_s(model, prompt, steps, engine))
     backend.end()
-    med = {name: statistics.median(t) for name, t in times.items()}
-    out |= {"tpot_loop_s": med["loop"], "tpot_generate_s": med["generate"],
-            "loop_over_generate": med["loop"] / med["generate"], "generate_compiled": peers["generate"],
-            "tpot_loop_all_s": times["loop"], "tpot_generate_all_s": times["generate"]}
-    if "generate_uncompiled" in peers:
-        out |= {"tpot_generate_uncompiled_s": med["generate_uncompiled"],
-                "loop_over_generate_uncompiled": med["loop"] / med["generate_uncompiled"],
-                "tpot_generate_uncompiled_all_s": times["generate_uncompiled"]}
-    return out
+    lm, gm = statistics.median(loop), statistics.median(gen)
+    out |= {"tpot_loop_s": lm, "tpot_loop_all_s": loop}
+    if not compiled:
+        return out | {"tpot_generate_s": gm, "loop_over_generate": lm / gm, "tpot_generate_all_s": gen}
+    fast = peer.run(spec, prompt.shape[1], steps, repeats, prompt.shape[0], str(device))
+    return out | {"compile_generate_s": fast["compile_s"], "tpot_generate_s": fast["tpot_s"],
+                  "loop_over_generate": lm / fast["tpot_s"], "tpot_generate_all_s": fast["tpot_all_s"],
+                  "tpot_generate_uncompiled_s": gm, "loop_over_generate_uncompiled": lm / gm,
+                  "tpot_generate_uncompiled_all_s": gen}
 
 
 def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:

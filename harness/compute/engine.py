@@ -160,6 +160,19 @@ class Engine:
         if self.spec.name != "eager":
             self._free.append(slot)
 
+    def clear(self, slot: Slot) -> None:
+        """Zero the slot's cache and rewind it. Attention reads every position of a static cache
+        behind its mask, and a masked NaN still poisons a row (NaN + -inf is NaN): what a warm-up
+        on a skeleton's uninitialised weights wrote must not outlive it."""
+        if self.spec.name == "eager":
+            return  # a dynamic cache is never pooled
+        with torch.inference_mode():
+            for keys, values in self._layers(slot, []):
+                if keys is not None:  # transformers' layers are made on first use
+                    keys.zero_()
+                    values.zero_()
+        self._rewind(slot, 0)
+
     # -- steps --------------------------------------------------------------------------------
     def forward(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
         """ids [batch, n] on the device; extends the slot's cache; last position's logits [batch, vocab]

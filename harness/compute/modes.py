@@ -66,17 +66,17 @@ class LocalBackend:
         self.slot = None
 
     def prefill(self, ids):
+        clock = Clock(self.device)  # the session's set-up is in the first part, as the worker's is in its call
         self.end()
         self.slot = self.engine.new_slot()
-        return self._forward(ids)
+        return self._forward(ids, clock)
 
     def step(self, tokens: list[int]):
-        return self._forward(tokens)
+        return self._forward(tokens, Clock(self.device))
 
-    def _forward(self, ids):
+    def _forward(self, ids, clock: Clock):
         """Timed like the worker's greedy step (harness.compute.worker.RemoteWorker._step), so the
         parts compare across modes: the engine's one-synchronisation step."""
-        clock = Clock(self.device)
         tokens = self.engine.next_tokens(self.slot, ids, clock)
         self.tally.add(0, 0, clock.split)
         return tokens

@@ -214,6 +214,7 @@ class RemoteWorker:
         slot, clock = self.engine.new_slot(), Clock(self.device)
         tokens = self.engine.next_tokens(slot, torch.zeros(batch, prompt_len, dtype=torch.long), clock)
         self.engine.next_tokens(slot, tokens, clock)
+        self.engine.clear(slot)  # it ran on the skeleton's uninitialised weights
         self.engine.release(slot)
         return dict(self.engine.capture_s)
 
