@@ -26,9 +26,7 @@ from harness.compute.packing import Packed, pack, unpack
 
 PAGE = 4096
 BULK_BYTES = 1 << 20  # transfers this large go through HostStaging's checked bulk path; smaller ones through SmallPinned
-# receive buffers kept page-locked: the places a stateless call's weight chunks land lately (one
-# chunk's buffer is freed while the next arrives, so the same few addresses recur)
-MAX_REGISTERED = 4
+MAX_REGISTERED = 2  # receive buffers kept page-locked: one per place the weights have landed lately
 CHUNK_BYTES = 64 << 20  # small enough for copy and DMA to overlap, large enough to run at full speed
 # receive ranges page-locked with cudaHostRegister, start -> bytes. The process's, not one
 # staging's: a page is locked for the whole process, and two workers in one process (the tests'

@@ -123,7 +123,9 @@ class RemoteWorker:
         if call != self._call:
             self._call, self._landed = call, 0
         dst = self.params.store.buffers[chunk.dtype].view(torch.uint8)
-        self.staging.to_device(chunk.data, dst[chunk.offset:chunk.offset + chunk.data.numel()], pin=True)
+        # staged, not page-locked in place: chunk buffers land at changing heap addresses, and a
+        # locked range that a later pageable copy straddles fails it (harness.compute.staging.covered)
+        self.staging.to_device(chunk.data, dst[chunk.offset:chunk.offset + chunk.data.numel()])
         self._landed += chunk.data.numel()
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
