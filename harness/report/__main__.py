@@ -11,12 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.report.plots import plot
+from harness.report.plots import plot, provenance
 from harness.report.summary import load_infos
 from harness.report.tables import full_report, table_rows
 
 
-def write_all(infos: list, out_dir: Path, controls: dict | None = None, env: dict | None = None) -> list[Path]:
+def write_all(infos: list, out_dir: Path, controls: dict | None = None, env: dict | None = None,
+              caption: str = "") -> list[Path]:
     import pandas as pd
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "table.md"
@@ -24,7 +25,7 @@ def write_all(infos: list, out_dir: Path, controls: dict | None = None, env: dic
     csv = out_dir / "table.csv"
     rows = table_rows(infos)
     pd.DataFrame(rows).to_csv(csv, index=False)
-    return [md, csv, *plot(rows, out_dir)]
+    return [md, csv, *plot(rows, out_dir, caption)]
 
 
 def main(argv=None) -> int:
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     print(full_report(infos, controls, env))
-    for path in write_all(infos, args.out or args.json.parent, controls, env):
+    for path in write_all(infos, args.out or args.json.parent, controls, env, provenance([args.json])):
         print(f"wrote {path}")
     return 0
 

@@ -27,6 +27,7 @@ from harness.compute.modes import MODES
 from harness.report import costmodel as cm
 from harness.report.analysis import TIME_PARTS
 from harness.report.cli import report_written
+from harness.report.plots import LEGEND_PT, LINE_STYLES, MODE_STYLE, provenance, pyplot, style_legend, ticks_at
 from harness.report.summary import load_infos
 from harness.report.tables import markdown_table
 from harness.report.units import human_bytes
@@ -238,42 +239,65 @@ def _pct(v: float | None, digits: int) -> str:
     return "n/a" if v is None else f"{v:.{digits}%}"
 
 
+def _rate_label(r: float) -> str:
+    return "unshaped" if math.isinf(r) else f"{r:g}"
+
+
 def plot(folder: Path, points: list[cm.Point], ev: cm.Evaluation, files: list[Path]) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The sweep's plots, each titled with the model, card and commit: latency against link rate
+    (ticked at the grid's rates; a colour and marker per mode, a line style per prompt length,
+    measured as markers, the cost model as lines), bytes per output token against prompt length,
+    the time breakdown, and GPU utilization."""
+    plt = pyplot()
     predicted = {id(r.point): r.prediction for r in ev.rows}
+    caption = provenance(files)
+    prompts = sorted({p.prompt_len for p in points})
+    modes = [m for m in MODES if any(p.mode == m for p in points)]
     out = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, phase in zip(axes, ("prefill", "decode")):
-        for mode in MODES:
-            for n in sorted({p.prompt_len for p in points}):
+        rates = {}
+        for mode in modes:
+            colour, marker = MODE_STYLE[mode]
+            for k, n in enumerate(prompts):
                 sel = sorted((p for p in points if p.phase == phase and p.mode == mode and p.prompt_len == n),
                              key=_rate)
                 if not sel:
                     continue
                 x = [_rate(p) for p in sel]
-                line = ax.plot(x, [predicted[id(p)].latency_s for p in sel], "-", alpha=0.6)[0]
-                ax.plot(x, [p.measured.latency_s for p in sel], "o", color=line.get_color(),
-                        label=f"{mode} P={n}")
-        ax.set(xscale="log", yscale="log", xlabel="link rate (Gbit/s; unshaped at iperf3's)",
-               ylabel="latency per round (s)", title=f"{phase}: measured (dots), cost model (lines)")
-        ax.legend(fontsize=6)
-    out.append(_save(fig, folder / "latency_vs_link.png"))
+                rates |= {_grid_rate(p): _rate(p) for p in sel}
+                ax.plot(x, [predicted[id(p)].latency_s for p in sel], LINE_STYLES[k % len(LINE_STYLES)],
+                        color=colour, alpha=0.7)
+                ax.plot(x, [p.measured.latency_s for p in sel], marker, color=colour,
+                        markerfacecolor=colour if k == 0 else "white")
+        ax.set(xscale="log", yscale="log", xlabel="link rate (Gbit/s; unshaped at its iperf3 rate)",
+               ylabel="latency per round (s)", title=phase)
+        grid_rates = sorted(rates)
+        ticks_at(ax, [rates[r] for r in grid_rates], [_rate_label(r) for r in grid_rates])
+    fig.suptitle(f"Latency: measured (markers), cost model (lines). {caption}", fontsize=10)
+    style_legend(fig, modes, [f"{n}-token prompt" for n in prompts], ncol=6)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    out.append(_save(fig, folder / "latency_vs_link.png", tight=False))
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for mode in (m for m in MODES if MODES[m].remote):
-        for r in sorted({_grid_rate(p) for p in points}):
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    grid_rates = sorted({_grid_rate(p) for p in points})
+    remote = [m for m in modes if MODES[m].remote]
+    for mode in remote:
+        colour, marker = MODE_STYLE[mode]
+        for k, r in enumerate(grid_rates):
             sel = sorted((p for p in points if p.phase == "decode" and p.mode == mode and _grid_rate(p) == r),
                          key=lambda p: p.prompt_len)
             if sel:
-                ax.plot([p.prompt_len for p in sel], [p.measured.bytes / (p.steps + 1) for p in sel], "o-",
-                        label=f"{mode} {'unshaped' if math.isinf(r) else f'{r:g} Gbit/s'}")
+                ax.plot([p.prompt_len for p in sel], [p.measured.bytes / (p.steps + 1) for p in sel],
+                        LINE_STYLES[k % len(LINE_STYLES)], marker=marker, color=colour)
     ax.set(yscale="log", xlabel="prompt length (tokens)", ylabel="link bytes per output token",
-           title="decode: bytes per output token")
-    ax.legend(fontsize=6)
-    out.append(_save(fig, folder / "bytes_per_token_vs_context.png"))
+           title=f"Decode: bytes per output token\n{caption}")
+    ax.title.set_fontsize(10)
+    ax.set_xticks(prompts, [str(n) for n in prompts])
+    style_legend(fig, remote, [_rate_label(r) + ("" if math.isinf(r) else " Gbit/s") for r in grid_rates], ncol=3)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    out.append(_save(fig, folder / "bytes_per_token_vs_context.png", tight=False))
 
     labelled = [(f"{f.stem} {i.phase}-{i.mode}", i) for f in files for i in load_infos(f)[0]]
     infos = [i for _, i in labelled]
@@ -285,8 +309,8 @@ def plot(folder: Path, points: list[cm.Point], ev: cm.Evaluation, files: list[Pa
         ax.bar(range(len(infos)), v, bottom=bottom, label=part.removesuffix("_s"))
         bottom = [b + x for b, x in zip(bottom, v)]
     ax.set_xticks(range(len(infos)), labels, rotation=90, fontsize=5)
-    ax.set(ylabel="share of the round", title="measured time breakdown per cell and point")
-    ax.legend(fontsize=5, ncol=2)
+    ax.set(ylabel="share of the round", title=f"Measured time breakdown per cell and point\n{caption}")
+    ax.legend(fontsize=LEGEND_PT - 1, ncol=2)
     out.append(_save(fig, folder / "time_breakdown.png"))
 
     sm = {mode: [v for v in (i.summary.sm_pct[0] for i in infos if i.mode == mode) if v is not None]
@@ -295,18 +319,19 @@ def plot(folder: Path, points: list[cm.Point], ev: cm.Evaluation, files: list[Pa
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for k, (mode, values) in enumerate(sm.items()):
             if values:
-                ax.bar(k, sum(values) / len(values), label=f"{mode} ({len(values)} cells)")
-        ax.set(ylabel="dmon SM % (mean over cells)", title="GPU utilization per mode")
-        ax.legend(fontsize=7)
+                ax.bar(k, sum(values) / len(values), color=MODE_STYLE[mode][0], label=f"{mode} ({len(values)} cells)")
+        ax.set(ylabel="dmon SM % (mean over cells)", title=f"GPU utilization per mode\n{caption}")
+        ax.title.set_fontsize(10)
+        ax.legend(fontsize=LEGEND_PT)
         out.append(_save(fig, folder / "utilization.png"))
     return out
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    pyplot().close(fig)
     return path
 
 

@@ -1,7 +1,7 @@
 """The RPC path alone by message size: one CPU tensor echoed to the worker (no reply payload) on
 the embedded link, against iperf3 with as many streams as the channel has lanes:
 
-    python scripts/diagnose_rpc_sizes.py --link-gbps 100 --mb 64,256,1024,2200,8000 --calls 3
+    python scripts/diagnose/rpc_sizes.py --link-gbps 100 --mb 64,256,1024,2200,8000 --calls 3
 
 Prints per size the median request time and Gbit/s (÷ iperf3), and the netem and congestion
 control this kernel offers (what the RTT axis of a sweep needs).
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 

@@ -4,7 +4,7 @@ call) and through its RRef, with the PM QoS request of harness/testbed/cpuidle.p
 hosts, without it (SGAP_NO_CPU_QOS=1), and with it and a busy loop on every CPU (SGAP_CPU_POLL=1),
 on the embedded link:
 
-    python scripts/diagnose_idle.py [--link-gbps 100] [--calls 200]
+    python scripts/diagnose/idle.py [--link-gbps 100] [--calls 200]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 IDLE_S = (0.0, 0.001, 0.005, 0.010)
 

@@ -5,7 +5,7 @@ between steps (none; sleeping; spinning; with an NVML sampler thread beside it),
 over the embedded link, in one child each without and with a busy loop on every CPU
 (SGAP_CPU_POLL=1, harness/testbed/cpuidle.py):
 
-    python scripts/diagnose_step_gap.py [--model llama-1b] [--steps 60] [--link-gbps 100]
+    python scripts/diagnose/step_gap.py [--model llama-1b] [--steps 60] [--link-gbps 100]
 
 Prints the median per step of: h2d (ids in), gpu_span (CUDA events around the replay), compute,
 d2h (the next token out) and the step's wall time, all in ms.
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 PARTS = ("h2d_s", "gpu_span_s", "compute_s", "d2h_s")
 

@@ -2,7 +2,7 @@
 setting steadies it (harness/compute/threads.py quotes its H200 figures): each variant in 3 fresh
 processes, 25 prefills each (the first 3 left out), graphs engine, the prompt eager; one profile of
 a prefill's host and GPU time.
-    python scripts/diagnose_host_threads.py      # DIAG_MODEL=llama-1b by default"""
+    python scripts/diagnose/host_threads.py      # DIAG_MODEL=llama-1b by default"""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ MODEL = os.environ.get("DIAG_MODEL", "llama-1b")
 
 def child(prompt_len: int):
     import torch
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from harness.compute.models import ModelSpec, build_model, prompt_ids
     from harness.compute.engine import Engine, EngineSpec
     if os.environ.get("DIAG_QOS"):

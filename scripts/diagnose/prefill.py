@@ -7,7 +7,7 @@ events), so a host-side cost (launches, allocation) and a device-side one tell a
 same with NVML polled every 20 ms from another process, as the worker's sampler polls it during
 every round, and without it again:
 
-    python scripts/diagnose_prefill.py [--model llama-1b] [--calls 8] [--idle-s 0.5]
+    python scripts/diagnose/prefill.py [--model llama-1b] [--calls 8] [--idle-s 0.5]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 POLL_NVML = ("import pynvml, time\npynvml.nvmlInit()\nh = pynvml.nvmlDeviceGetHandleByIndex(0)\n"
              "while True:\n    pynvml.nvmlDeviceGetUtilizationRates(h); "

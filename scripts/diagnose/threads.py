@@ -4,7 +4,7 @@ transformers 5.17) a decode step took 10.2 ms in the main thread and 72 ms in an
 per thread, so a thread not warmed on these sequence lengths rebuilds them every step. Note: with
 the worker's own compute thread in place, every variant here runs on that one thread and the
 figures converge; to see the original effect, run it against the commit before that change.
-    python scripts/diagnose_threads.py [--model gpt2]"""
+    python scripts/diagnose/threads.py [--model gpt2]"""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Where a naive-mode call's time goes, and what the probe costs it, on the embedded default:
 
-    python scripts/diagnose_transport.py --model gpt2 --calls 10
+    python scripts/diagnose/transport.py --model gpt2 --calls 10
 
 Runs prefill-sized stateless calls (the whole state_dict each time) under several probe set-ups,
 round-robin so drift hits all alike, and prints per set-up the median call latency, and with the
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 

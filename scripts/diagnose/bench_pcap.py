@@ -1,7 +1,7 @@
 """How fast harness/measure/pcap.py reads a round's capture: the old pure-Python walk
 (_read_pcap_scalar, the reference) against read_pcap, on a synthetic pcap shaped like
 `tcpdump -s 66` (the headers, as the probe captures) on the testbed's veth: 64 KB GSO TCP segments one way, ACKs the other.
-    python scripts/bench_pcap.py [--packets 360000] [--repeat 9]"""
+    python scripts/diagnose/bench_pcap.py [--packets 360000] [--repeat 9]"""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from harness.measure.pcap import _read_pcap_scalar, read_pcap  # noqa: E402
 
