@@ -172,8 +172,22 @@ def test_cell_info_round_trips_and_refuses_a_missing_field():
 
 
 def test_results_readme_regenerates_byte_identical():
+    shallow = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--is-shallow-repository"],
+                             capture_output=True, text=True).stdout.strip()
+    if shallow != "false":
+        pytest.skip("the catalog says whether the harness changed since each run's commit, which a "
+                    "shallow clone lacks: run it in a full clone (git fetch --unshallow)")
     assert (REPO / "results" / "README.md").read_text() == catalog(REPO / "results"), \
         "results/README.md differs from its JSON: run python -m harness.report.catalog"
+
+
+def test_the_catalog_says_whether_the_harness_changed_since_a_run():
+    from harness.report.catalog import harness_since
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    first = subprocess.run(["git", "-C", str(REPO), "rev-list", "--max-parents=0", "HEAD"],
+                           capture_output=True, text=True).stdout.split()[0]
+    assert harness_since(head, REPO) == "same" and harness_since(first, REPO) == "changed"
+    assert harness_since("0" * 40, REPO) == "unknown"
 
 
 def test_catalog_refuses_a_run_from_a_dirty_tree(tmp_path):

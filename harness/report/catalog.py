@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,8 +126,42 @@ def describe_history(root: Path) -> str:
     return "\n".join([*lines, ""])
 
 
+HARNESS = ("harness", "fixtures", "benchmarks")  # the code whose change makes a run's figures older than HEAD's
+
+
+def harness_since(commit: str, repo: Path) -> str:
+    """Whether the measuring code (HARNESS) differs between commit and HEAD: "same", "changed",
+    or "unknown" where this clone lacks the commit (a shallow one)."""
+    out = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", commit, "HEAD", "--", *HARNESS],
+                         capture_output=True, text=True)
+    return {0: "same", 1: "changed"}.get(out.returncode, "unknown")
+
+
+def current_table(root: Path) -> str:
+    """Every run and sweep here, with its commit and whether the harness changed since; one that
+    a later one replaces says so, and why it is kept (history.json's "kept")."""
+    path = root / HISTORY
+    kept = {k["path"]: k for k in json.loads(path.read_text()).get("kept", [])} if path.exists() else {}
+
+    def kind(name: str, folder: Path) -> str:
+        k = kept.get(str(folder.relative_to(root.parent)))
+        return name if not k else f"{name}, replaced by `{k['replaced_by']}`; kept: {k['why']}"
+    rows = []
+    for path in runs(root):
+        commit = json.loads(path.read_text())["commit_info"]["id"]
+        rows.append((f"`{path.parent.relative_to(root.parent)}`", kind("run", path.parent), commit[:7],
+                     harness_since(commit, root.parent)))
+    for folder in sweeps(root):
+        commits = sorted({json.loads(p.read_text())["commit_info"]["id"] for p in point_files(folder)})
+        since = sorted({harness_since(c, root.parent) for c in commits})
+        rows.append((f"`{folder.relative_to(root.parent)}`", kind("sweep", folder), ", ".join(c[:7] for c in commits),
+                     ", ".join(since)))
+    lines = ["| results | kind | commit | harness (harness/, fixtures/, benchmarks/) since |", "|---|---|---|---|"]
+    return "\n".join([*lines, *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows), ""])
+
+
 def catalog(root: Path) -> str:
-    return "\n".join([HEADER, *(describe(p, root) for p in runs(root)),
+    return "\n".join([HEADER, current_table(root), *(describe(p, root) for p in runs(root)),
                       *(describe_sweep(f, root) for f in sweeps(root)),
                       *(describe_predicted(f, root) for f in predicted(root)), describe_history(root)])
 
