@@ -14,15 +14,15 @@ from harness.compute.phase import PHASES
 from harness.report.invariants import check_cell, target_misses
 
 CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
-IDLE_S = 0.005  # a decode step's length where the run has no local decode cell (H200: gpt2 1 ms,
-                # llama-1b 3.4 ms, the 8B 8 ms)
+IDLE_S = 0.005  # a decode step's length where the run has no local decode cell: within the range
+                # of the presets' local decode steps on the GPU cards (docs/evidence.md)
 CALLS = 30
 
 
 def idle_rtt(call, idle_s: float, n: int = CALLS) -> float:
     """The median round trip of call() after idle_s without traffic on either host: idle threads
-    and CPUs wake more slowly than back-to-back calls keep them (the 2-core CPU machine: 1.0 ms
-    back to back, 2.6 ms after 5 ms idle)."""
+    and CPUs wake more slowly than back-to-back calls keep them (docs/evidence.md has the CPU
+    box's figures)."""
     times = []
     for _ in range(n):
         time.sleep(idle_s)

@@ -83,7 +83,7 @@ def test_capture_overhead(benchmark, make_cell, gap_controls, request):
     opts = suite_options(request.config)
     cell = make_cell("naive", "prefill")
     on, off, share = [], [], []
-    pairs = max(opts.rounds, 15)  # ~0.1 s rounds vary by ~10%: enough pairs for a steady median
+    pairs = max(opts.rounds, 15)  # short rounds vary: enough pairs for a steady median
 
     def probed():
         r = cell.round()
@@ -102,7 +102,7 @@ def test_capture_overhead(benchmark, make_cell, gap_controls, request):
     benchmark.group = "control"
     benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
     # each pair ran back to back: the median of per-pair ratios cancels slow drift, and its
-    # quartiles show how much of the ratio is noise (on the H100, 0.1 s rounds vary 7-40%)
+    # quartiles show how much of the ratio is noise (docs/evidence.md)
     pair = [a / b for a, b in zip(on, off)]
     q1, _, q3 = statistics.quantiles(pair, n=4)
     benchmark.extra_info.update({

@@ -23,16 +23,15 @@ from harness.report.summary import CellInfo, CellSummary
 
 WINDOW_SAMPLES = 5  # dmon samples (1 s each) a cell's utilization figure averages at least
 # Calls a stateless worker takes before its receive buffer stays put. Its second call's message
-# lands beside the first's, not in it (on the CPU box, gpt2's 498 MB: calls 1, 3, 4, 5 at one
-# address, call 2 at the next); each new address is paged in and, on a GPU, staged and page-locked
-# again. On the H200 the 8B's naive prefill, one call a round after one warm-up round, measured its
-# first round at 5.66 s (wire 3.68 s, load 1.92 s) and the next two at 1.71 and 1.73 s.
+# lands beside the first's, not in it (later calls land at the first's address again); each new
+# address is paged in and, on a GPU, staged and page-locked again, so a round measured before
+# that has settled is several times slower than the rounds after it (docs/evidence.md).
 SETTLE_CALLS = 2
 # Rounds a stateful cell (local, sys_simulated) runs before the first measured one. Its second
-# round is still slow: on the H200 a fresh process's local prefill took 1295, 32.6, then 17-32 ms
-# for llama-1b and 1251, 57.8, then 37-40 ms for the 8B, all of it inside the forward's GPU span
-# (scripts/diagnose_prefill.py), and after one warm-up round every H200 run's first measured local
-# prefill round was its slowest (llama-1b 33-53 ms against 15-28 ms later, 12 runs).
+# round is still slow: a fresh process's first local prefill is by far its slowest and its second
+# is still slower than the rest, all of it inside the forward's GPU span
+# (scripts/diagnose/prefill.py), and after one warm-up round every H200 run's first measured local
+# prefill round was its slowest (docs/evidence.md).
 SETTLE_ROUNDS = 2
 @dataclass(frozen=True)
 class CellConfig:

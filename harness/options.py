@@ -68,7 +68,7 @@ class SuiteOptions:
 
     def rounds_for(self, mode: str) -> int:
         """Measured rounds of a mode's cells: the stateful modes' rounds take milliseconds where naive's
-        take seconds, so more of them buy a steadier mean (their ~20 KB rounds vary by a few TCP
+        take seconds, so more of them buy a steadier mean (their small rounds vary by a few TCP
         delayed ACKs) for little time."""
         return self.rounds if MODES[mode].stateless or self.rounds_stateful is None else self.rounds_stateful
 

@@ -87,10 +87,10 @@ def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeat
 def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = EngineSpec(), repeats: int = 3) -> dict:
     """What the GPU's idle time between steps costs a step, with no RPC: the local loop's time per
     token with and without a wait of gap_s between steps (the wait itself not timed), alternating,
-    medians. A remote step leaves the GPU idle for a round trip; on the H200 the local llama-1b step
-    went from 3.06 to 3.25 ms after a 1 ms gap, its copies of the ids in and the token out doubling
-    (scripts/diagnose_step_gap.py). The part of sys_simulated's extra time per token that is the
-    GPU's, not the RPC's."""
+    medians. A remote step leaves the GPU idle for a round trip, and a local step after such a gap
+    ran slower, its copies of the ids in and the token out taking longer
+    (scripts/diagnose/step_gap.py; docs/evidence.md). The part of sys_simulated's extra time per
+    token that is the GPU's, not the RPC's."""
     backend = LocalBackend(model, resolved(engine, model))
     # the CPU waits awake, so only the GPU goes idle, as it does while a step's round trip runs;
     # run_phase calls it after each forward, outside the step's time

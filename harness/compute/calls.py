@@ -8,10 +8,10 @@ class WorkerHandle:
     but through a plain function and the worker's key (harness.compute.worker.invoke), not the
     RRef. An RRef among a call's arguments is forked to its owner, which answers with a
     child-accept message that the caller acknowledges: two more messages a call, each woken
-    on both hosts, and on the GPU host handled by the one thread that runs the model. On the
-    CPU box an empty call was 25 packets through the RRef and 12 as a plain call (0.90 against
-    0.81 ms back to back, 1.65 against 1.37 ms after 5 ms idle). The RRef is kept: while it
-    lives, the worker does."""
+    on both hosts, and on the GPU host handled by the one thread that runs the model: an empty
+    call through the RRef took many more packets than a plain call, and longer, back to back and
+    after an idle wait alike (docs/evidence.md). The RRef is kept: while it lives, the worker
+    does."""
 
     def __init__(self, rref):
         from torch.distributed import rpc

@@ -16,7 +16,8 @@
   position: the cache's position lives on the device). On a CPU the same code runs eagerly. The
   default on CUDA where the model's family is covered, else graphs-all.
 Why the graph engines: an eager step is bound by the host's kernel launches, and an uncompiled
-graph by the kernels between the matrix products (docs/engines.md has the figures).
+graph by the kernels between the matrix products (scripts/decode_floor.py measures each engine's
+step against the memory floor; docs/modes.md).
 
 A cache lives in a Slot. Slots are pooled: a released slot keeps its buffers and its captured
 graphs for the next session, so capture (and compilation, the first time) is paid once per slot,
@@ -104,7 +105,7 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _compact(model, spec: EngineSpec, cuda: bool):
     """(code, forward for a decode step, forward for a prompt). On CUDA both are compiled; the
     decode step's kernels are tuned too (inductor's coordinate descent: the step is the target,
-    and tuning costs a minute on the 8B), a prompt's are not."""
+    and tuning is slow on a large model: docs/evidence.md), a prompt's are not."""
     per_model = _COMPILED.setdefault(model, {})
     key = (spec.max_len, spec.batch)
     if key not in per_model:

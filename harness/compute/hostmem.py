@@ -8,10 +8,10 @@ RPC path spends moving bytes. With mmap off, trimming off and one arena, the pag
 buffers are reused by the next, as a long-running RPC server's buffer pool would.
 
 The client holds it too (the suite and run_llm.py), for the same reason on its side: the local
-mode's activations. On the 2-core CPU box (one thread) gpt2's 512-token prefill under glibc's
-default took 1229-1496 ms with 12,000-41,000 page faults a prefill, and 1229-1304 ms with 27
-faults under this policy; in the CPU sweep at 44615ac that local prefill ran 15% slower than the
-same prefill in the worker, which holds the policy.
+mode's activations. Under glibc's default a CPU prefill page-faults its activations afresh on
+every call and its time scatters more; under this policy it takes next to no faults, and without
+it on the client the local prefill ran slower than the same prefill in the worker, which holds
+the policy (docs/evidence.md).
 """
 from __future__ import annotations
 

@@ -56,8 +56,8 @@ PRESETS = {
                               max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False)),
 }
 # Presets whose weights are made on a CUDA device, in the target dtype, one parameter at a time from
-# one seeded generator (8 B parameters in 0.03 s on the H100, where fp32 init on a CPU would take
-# minutes and 32 GB): preset -> init std. 0.02 still gave 21 distinct greedy tokens in 21 for the 8B.
+# one seeded generator (fast on the GPU, where fp32 init on a CPU would take minutes and 32 GB for
+# the 8B: docs/evidence.md): preset -> init std. 0.02 still gave varied greedy tokens for the 8B.
 # The same bits on every machine with the same torch and GPU kind (CUDA's Philox generator).
 DEVICE_INIT = {"llama-8b": 0.02}
 
@@ -107,14 +107,14 @@ def build_model(spec: ModelSpec, device: str | torch.device, with_weights: bool 
     Both kinds are built the same way, a skeleton in the target dtype and then, for the client,
     load_state_dict: buffers that no state_dict carries (RoPE's inv_freq) must be computed
     alike on both hosts. Casting a whole fp32 model instead rounds inv_freq to fp16 on one side
-    only, and llama-1b's greedy tokens then parted at the third token on the H100.
+    only, and llama-1b's greedy tokens then parted within the first few tokens on the H100.
     """
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
     if spec.name in DEVICE_INIT:
         return _build_on_cuda(spec, torch.device(device), with_weights)
-    # Skip random init in the skeleton (a minute for llama-1b on 2 cores) but still run the
+    # Skip random init in the skeleton (slow for llama-1b on a small CPU) but still run the
     # constructors: a meta-device skeleton would leave non-persistent buffers as garbage.
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(load_config(spec), dtype=spec.torch_dtype)

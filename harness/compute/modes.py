@@ -189,9 +189,8 @@ class Mode:
     backend: type
     # tcpdump runs during the timed rounds. Not for sys_simulated: in immediate mode it wakes for
     # every packet, and a decode step is a few small packets, so the capture slows each step
-    # (test_capture_cost_per_step; the 2-core CPU box, tiny, 8 alternating pairs: 2.79 against
-    # 2.49 ms a token, 2.58 against 2.40; H200 llama-1b, separate runs: sys_simulated TPOT -
-    # local TPOT 1.357 ms captured, 1.081 without). Its capture comes from a round of its own after
+    # measurably, on the CPU box and on the H200 alike (test_capture_cost_per_step;
+    # docs/evidence.md). Its capture comes from a round of its own after
     # the timed ones (harness.cell.Cell.capture_round). Naive's one large message a call pays
     # ~nothing for it (test_capture_overhead: <= 1.02), and local sends nothing.
     captured_while_timed: bool = True

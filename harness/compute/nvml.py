@@ -5,9 +5,9 @@ which any kernel ran; polling every 20 ms sees each period several times, so the
 round is still a time-weighted busy share, with a resolution of about one NVML period.
 
 Beside it, the SM clock (MHz) at each poll, so a cell's speed can be read against its clock. On
-the H200 it read 1980 MHz (the card's maximum) in every round of every cell, the slow first local
-prefill rounds included, which were not the clock's doing (harness.cell.SETTLE_ROUNDS); after
-0.2 s of back-to-back fp16 matrix products it fell to 1545 MHz.
+the H200 it read the card's maximum in every round of every cell, the slow first local prefill
+rounds included, which were not the clock's doing (harness.cell.SETTLE_ROUNDS); sustained
+back-to-back matrix products did pull it down (docs/evidence.md).
 """
 from __future__ import annotations
 

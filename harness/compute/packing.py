@@ -4,8 +4,9 @@ for the wire.
 Counting rule (stated once, used everywhere): a tensor costs the bytes of its *storage*, and a
 storage shared by several tensors counts once per message. That is what torch RPC's pickler puts
 on the wire: it ships storages, not views, and a storage referenced twice in one message crosses
-once. So GPT-2's tied `lm_head.weight`/`transformer.wte.weight` is counted once (measured: the wire
-carried ~249.5 MB of gpt2's 326 MB fp16 state_dict, whose listing counts the tied pair twice). The
+once. So GPT-2's tied `lm_head.weight`/`transformer.wte.weight` is counted once (a capture agrees:
+the wire carried the tied-once size of gpt2's state_dict, not its listing's, which counts the tied
+pair twice; docs/evidence.md). The
 remote modes send Packed buffers (below): their storages are the buffers, which hold each distinct
 tensor's own elements once (a slice packs its elements, not its base storage; a tied pair packs once).
 """
@@ -22,7 +23,7 @@ KV = list  # list[tuple[Tensor, Tensor]]: per layer (keys, values), each [batch,
 def _tensors(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif isinstance(obj, Packed):  # its buffers; walking its entries table cost 0.43 ms a gpt2 call
+    elif isinstance(obj, Packed):  # its buffers: walking its entries table costs time every call
         yield from obj.buffers.values()
     elif isinstance(obj, dict):
         for v in obj.values():
@@ -44,9 +45,9 @@ def tensor_bytes(obj) -> int:
 class Packed(NamedTuple):
     """Many tensors as one contiguous buffer per dtype, and where each lies in it.
 
-    torch RPC's TensorPipe handles each tensor of a message on its own, and on the H100 host that
-    cost ~80 us a tensor: an echo of the naive request and reply (258 MB) took 31.4 ms as the
-    model's 175 tensors and 17.5 ms as one each way (scripts/diagnose_transport.py --echo). Sent
+    torch RPC's TensorPipe handles each tensor of a message on its own, at a fixed cost a tensor:
+    an echo of the naive request and reply as the model's tensors took far longer than the same
+    bytes as one tensor each way (scripts/diagnose/transport.py --echo; docs/evidence.md). Sent
     as a dict of tensors, the state_dict would measure TensorPipe's bookkeeping more than the link.
     Packing is the transport's business only: the same bytes cross (each distinct tensor once, no
     padding), and the receiver gets views into the one buffer, not copies."""

@@ -2,8 +2,8 @@
 server would: through page-locked host memory, in bulk, straight into the parameters.
 
 - HostStaging: a page-locked buffer kept across calls. A host->device copy from pageable memory
-  runs at the driver's staging speed (7.4 GB/s on the H100 host, 2.2 GB), from pinned memory at
-  the link's (54.6 GB/s). TensorPipe hands us pageable tensors it allocated, so each is copied into
+  runs at the driver's staging speed, from pinned memory at the bus's, several times faster
+  (docs/evidence.md). TensorPipe hands us pageable tensors it allocated, so each is copied into
   the pinned buffer chunk by chunk while the DMA engine moves the chunk before: the CPU copy and
   the bus transfer overlap. Better still, the receive buffer itself becomes page-locked: under the
   worker's malloc policy (harness.compute.hostmem: no mmap, the heap never trimmed) the next call's
@@ -14,9 +14,9 @@ server would: through page-locked host memory, in bulk, straight into the parame
 - FlatParams: the model's parameters and persistent buffers re-homed as views into one device
   buffer per dtype, laid out exactly as harness.compute.packing.pack lays out the client's
   state_dict. A received Packed then lands with one bulk copy per dtype, with no per-tensor
-  load_state_dict (H100, llama-1b's 2.2 GB: 289 ms with load_state_dict from pageable tensors, 61 ms
-  staged in bulk, 40 ms for the pinned copy alone), and
-  the parameters keep their addresses, which captured CUDA graphs rely on.
+  load_state_dict (several times faster than load_state_dict from pageable tensors, and close to
+  the pinned copy alone: docs/evidence.md), and the parameters keep their addresses, which
+  captured CUDA graphs rely on.
 """
 from __future__ import annotations
 

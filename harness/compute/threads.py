@@ -2,14 +2,13 @@
 the same in the client and the worker, so that every mode runs the model alike.
 
 Why not torch's default (one thread per core): on a CUDA device the model runs on the GPU and the
-host only launches kernels. On the H200 host (16 cores, 2026-11-28) a llama-1b prefill of 128
-tokens took 25 ms of host time against 3 ms of GPU time, and per fresh process its median was
-20.5-22.5 ms with the default pool (single prefills 14.9-33.0 ms), 14.7-16.1 ms with one thread,
-and 14.5-16.4 ms pinned to one core (scripts/diagnose_host_threads.py: 3 processes x 22 prefills).
-On a CPU device the model computes on the host and the default stays: two threads were 1.6x
-faster than one on the 2-core CPU box, though their per-process medians spread 198-247 ms
-against 324-340 ms (gpt2, 128 tokens): pass --gap-threads 1 where repeatability matters more
-than speed (the CPU sweeps).
+host only launches kernels. A prefill's host time there is many times its GPU time, and with the
+default pool its median moved from one fresh process to the next and single prefills scattered
+widely; one thread (or one pinned core) was both faster and steadier
+(scripts/diagnose/host_threads.py; docs/evidence.md has the figures).
+On a CPU device the model computes on the host and the default stays: more threads are faster
+there, though their per-process medians spread more than one thread's: pass --gap-threads 1 where
+repeatability matters more than speed (the CPU sweeps).
 """
 from __future__ import annotations
 

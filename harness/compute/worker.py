@@ -7,10 +7,11 @@
   id; a decode step brings one token and the id.
 
 All model work runs on one thread. RPC serves each request on whichever thread of its pool is
-free, and per-thread state in the CUDA libraries follows the thread: on the H100, cuDNN's
-attention builds an execution graph per (thread, sequence length), so a decode step spread over
-8 pool threads ran 72 ms instead of 10 ms (scripts/diagnose_threads.py); one thread, warmed once
-like the local loop, runs as fast as the local loop. Where the RPC agent serves on one thread
+free, and per-thread state in the CUDA libraries follows the thread: cuDNN's attention builds an
+execution graph per (thread, sequence length), so a decode step spread over the pool's threads
+pays that build again on each of them and ran several times slower than on one thread
+(scripts/diagnose/threads.py; docs/evidence.md); one thread, warmed once like the local loop, runs
+as fast as the local loop. Where the RPC agent serves on one thread
 (rpc_server.py's, harness.testbed.rpc.SERVER_THREADS) that thread is the one: methods run where the
 request arrives. Otherwise (more serving threads, or no RPC at all, as in the tests) they are
 handed to a dedicated thread and back.

@@ -5,21 +5,17 @@ dissectors through pyshark.
 Retransmitted bytes are counted from sequence numbers, not from Wireshark's retransmission flags:
 payload whose sequence range was already seen in its direction was sent twice. Wireshark calls a
 segment that goes back in sequence within one handshake RTT of the newest one "out-of-order", not a
-retransmission; on a loaded host the loopback handshake takes milliseconds, and a capture of 3 MB
-there (CI, 2026-11-28) held 95,232 bytes sent twice that its flags did not count.
+retransmission; on a loaded host the loopback handshake takes milliseconds, and a capture there
+held bytes sent twice that its flags did not count (docs/evidence.md).
 
     d = dissect("round.pcap", client_addr="10.0.0.1", gpu_addr="10.0.0.2")
     d.retransmission_share, d.flows[0].bytes_to_gpu, d.how
 
-How it reads (measured on this project's 2-core CPU machine, tshark 4.0.17, pyshark 0.6, on a real
-tcpdump capture of 1448-byte segments over 3 loopback connections; CPU time of tshark and Python
-together, since other jobs shared the cores and wall time was 1.5-2x that):
-- pyshark's packet objects, FileCapture(keep_packets=False) on 10k packets: default PDML 300
-  packets/s, use_json 2,300/s, use_ek 2,800/s. Nearly all of it is pyshark parsing XML/JSON in
-  Python (tshark -T fields with the same file costs a tenth).
-- tshark `-T fields` with only the fields asked for, streamed into this module: 15,000 packets/s on
-  10k packets (0.35 s of it tshark's start), 23,000/s on 100k (4.3 s of tshark CPU, 0.5 s of parsing
-  here, the two overlapping), ~29,000/s for tshark alone once started. Same dissectors, same TCP
+How it reads (docs/evidence.md has the rates measured on the CPU box):
+- pyshark's packet objects (FileCapture, PDML, JSON or EK) are slow: nearly all of their time is
+  pyshark parsing XML/JSON in Python, not tshark's dissection.
+- tshark `-T fields` with only the fields asked for, streamed into this module, is an order of
+  magnitude faster, tshark's own dissection being most of its cost. Same dissectors, same TCP
   analysis. So dissect() runs that, with tshark found and versioned through pyshark (its locator
   honours pyshark's config.ini); the packet-object path stays as the reference the tests compare it
   with (_rows_pyshark).
@@ -40,11 +36,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# ~23k packets/s end to end here (above): 100k packets cost ~4.5 s of CPU. The CPU run's gpt2 rounds
-# (results/cpu/gpt2) hold ~9k packets (naive prefill), ~4.7k (sys decode) and ~470k (naive decode,
-# ~55 KB a packet: the veth passes GSO super-segments): every cell but naive decode is read whole
-# (< 0.7 s), and naive decode's first 100k packets (~11 of its 51 calls) cost ~4.5 s a round instead
-# of ~20 s for all of it.
+# Dissection costs CPU time in proportion to the packets read. Every cell of the CPU run's gpt2
+# rounds (results/cpu/gpt2) but naive decode holds fewer packets than this and is read whole; naive
+# decode, which moves the weights every step, holds several times more even in GSO super-segments,
+# and its first packets, a few of its calls, are read in a fraction of the time the whole round
+# would take (docs/evidence.md has the counts and times).
 DEFAULT_MAX_PACKETS = 100_000
 
 # tshark fields, in the order _Row takes them. tcp.analysis.* are flags: "1" when set, "" when not.
@@ -131,7 +127,7 @@ def tshark_version() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _version_of(tshark_path: str) -> str:
-    # `tshark -v` takes ~0.3 s (it loads every dissector): once per binary, not once per dissect()
+    # `tshark -v` is slow (it loads every dissector): once per binary, not once per dissect()
     from pyshark.tshark.tshark import get_tshark_version
     return str(get_tshark_version(tshark_path))
 
@@ -200,7 +196,7 @@ def _parse_line(line: str) -> _Row:
 
 
 def _rows_pyshark(path: Path, limit: int | None = None) -> Iterator[_Row]:
-    """The reference reader: pyshark's own packet objects (use_json, ~10x slower than fields)."""
+    """The reference reader: pyshark's own packet objects (use_json, far slower than fields)."""
     import pyshark
     cap = pyshark.FileCapture(str(path), keep_packets=False, use_json=True)
     try:

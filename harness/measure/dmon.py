@@ -162,8 +162,9 @@ class DmonMonitor:
 
     def _wait_started(self, timeout_s: float) -> None:
         """Until dmon prints its header: nvidia-smi's start-up (NVML init, device queries) then
-        is over and cannot overlap the measured region (on the H100 it slowed a 76 ms call by
-        ~3%). A dmon that fails prints no header; its log says why and parse_dmon reports it."""
+        is over and cannot overlap the measured region, where it slowed a call measurably
+        (docs/evidence.md). A dmon that fails prints no header; its log says why and parse_dmon
+        reports it."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._proc.poll() is None:
             if b"# gpu" in self.log_path.read_bytes():

@@ -22,7 +22,8 @@ class Iperf:
 def iperf3(link: Link, streams: int = 1, seconds: float = 3.0, port: int = 5201) -> Iperf:
     """Client -> GPU host goodput over `streams` TCP connections, one iperf3 process pair per
     stream: iperf3 before 3.16 runs all of -P's streams on one thread, which caps them at one
-    core's worth (on the H100 host -P 4 gave 27 Gbit/s against 30 for one stream). Servers run on
+    core's worth (several streams of one process read less than one stream: docs/evidence.md).
+    Servers run on
     the GPU host for one test each (-1), bound to the link address only, all under one shell
     (one ssh session: sshd's MaxStartups refuses a burst of 16), stopped after."""
     ports = [port + i for i in range(streams)]

@@ -27,8 +27,9 @@ import numpy as np
 # -----------------------------------------------------------------------------
 # pcap reading
 #
-# A round's capture holds ~360k records, and a pure-Python walk of them (`_sum_by_direction`,
-# kept as the reference) takes ~1.3 us each. So read_pcap only chases the record offsets in
+# A round's capture holds hundreds of thousands of records, and a pure-Python walk of them
+# (`_sum_by_direction`, kept as the reference) pays the interpreter for each one
+# (scripts/diagnose/bench_pcap.py; docs/evidence.md). So read_pcap only chases the record offsets in
 # Python and does the rest with numpy on the offsets; records it can't decide that way (VLAN
 # tags, IPv6, IP options, short or non-IP records) go one by one through `_classify_record`,
 # which follows the reference's rules.
@@ -134,8 +135,9 @@ def _sum_by_direction(buf: bytes, endian: str, linktype: int, v4_dir: dict[bytes
                       v6_dir: dict[bytes, int], port_b: int | None) -> tuple[int, list[int]]:
     """
     Walk the records one by one after the global header; return (packets, bytes per direction).
-    The reference for read_pcap's vectorized path (tests and scripts/bench_pcap.py check one
-    against the other); it shares only _classify_record, the path read_pcap leaves odd records to.
+    The reference for read_pcap's vectorized path (tests and scripts/diagnose/bench_pcap.py check
+    one against the other); it shares only _classify_record, the path read_pcap leaves odd records
+    to.
     """
     record = struct.Struct(endian + "IIII").unpack_from  # ts_sec, ts_frac, incl_len, orig_len
     counts = [0, 0, 0]  # indexed by A_TO_B / B_TO_A / OTHER
@@ -247,9 +249,10 @@ _MAP_MIN_BYTES = 1 << 20
 
 def _map_file(path: Path) -> bytes | mmap.mmap:
     """
-    The file's bytes, mapped rather than read: copying a round's ~40 MB cost a third as much as
-    the whole vectorized read. Slicing an mmap gives bytes, so the scalar path works on it as is.
-    Captures are complete when read (tcpdump stopped), so nothing truncates the file under the map.
+    The file's bytes, mapped rather than read: copying a round's file cost a sizeable share of
+    the whole vectorized read (docs/evidence.md). Slicing an mmap gives bytes, so the scalar path
+    works on it as is. Captures are complete when read (tcpdump stopped), so nothing truncates the
+    file under the map.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size

@@ -154,8 +154,8 @@ class RoundProbe:
     def _stop_dmon(self, inner: bool = False) -> tuple[float | None, int]:
         """(mean sm %, samples). inner: leave out the first and last sample, which cover dmon's
         start-up and stop as much as the runs between (a window of runs: its samples all fall
-        inside it; on the H200 the 8B's local decode read 50.9% over 7 samples with the edges,
-        where NVML's 274 samples inside the same window read 70.3%)."""
+        inside it; with the edges, dmon read well below NVML's samples inside the same window:
+        docs/evidence.md)."""
         if self._dmon is None:
             return None, 0
         text, self._dmon = self._dmon.stop(), None

@@ -56,7 +56,7 @@ def header_snaplen(addr: str) -> int:
     timestamps Linux sends by default. Cut there, nearly every record of a capture has this one
     length (a pure ACK is exactly this long, anything longer is cut to it), which lets the reader
     guess runs of records instead of chasing them one by one (harness.measure.pcap): an llama-1b
-    naive decode round is ~2 million records. Byte counts come from the headers' lengths, so
+    naive decode round is millions of records. Byte counts come from the headers' lengths, so
     nothing is lost; TCP options past 32 bytes (SACK blocks) are."""
     return 14 + (40 if ":" in addr else 20) + 32
 
@@ -74,14 +74,15 @@ class Capture:
                  bpf_filter: str = "tcp", prefix: list[str] | None = None, immediate: bool = True):
         self.interface = interface
         self.pcap_path = Path(pcap_path)
-        # small snaplen + big buffer: with the default snaplen tcpdump dropped ~20% on a veth
+        # small snaplen + big buffer: with the default snaplen tcpdump dropped packets on a veth
+        # (docs/evidence.md)
         self.snaplen = snaplen
         self.buffer_kib = buffer_kib
         self.bpf_filter = bpf_filter
         self.prefix = list(prefix or [])  # e.g. ["ip", "netns", "exec", "ns"]
         # without immediate mode libpcap uses TPACKET_V3, which hands packets over in blocks up
-        # to 1 s late, and tcpdump drops a partly filled block on SIGINT: measured on lo, a 20 MB
-        # transfer captured 0 of 370 packets, 1 GB lost the last 262 of 16298
+        # to 1 s late, and tcpdump drops a partly filled block on SIGINT: on lo a small transfer
+        # was lost whole and a large one lost its tail (docs/evidence.md)
         self.immediate = immediate
         self.stats: CaptureStats | None = None
         self._proc: subprocess.Popen | None = None

@@ -30,7 +30,7 @@ def at_steps(points: list[cm.Point], steps: int) -> list[cm.Point]:
 
 def anchored_s(c: cm.Components, p: cm.Point, steps: int) -> float:
     """p's measured latency times the model's ratio of `steps` to p's own steps: the model's shape
-    carried from a measured point, so that its misfit there (say +14%) does not carry along."""
+    carried from a measured point, so that its misfit there does not carry along."""
     (q,) = at_steps([p], steps)
     return p.measured.latency_s * cm.predict(c, q).latency_s / cm.predict(c, p).latency_s
 

@@ -14,8 +14,8 @@ from harness.report.units import human_bytes
 RPC_BOUND = 0.8             # below this share of iperf3 the RPC path, not the link, sets naive's pace
 ANALYSIS_SHARE_MAX = 0.05   # the capture's analysis, as a share of the round it describes...
 ANALYSIS_FLOOR_S = 0.01     # ...once it takes longer than this: every capture already costs tcpdump's start
-                            # (polled every 50 ms) and stop, so a 1 ms read of a few packets slows no run
-                            # (the H200's gpt2 sys_simulated prefill: 0.8 ms, 20% of a 4 ms round)
+                            # (polled every 50 ms) and stop, so a read of a few packets under this
+                            # slows no run, whatever its share of a short round (docs/evidence.md)
 PROBE_OVERHEAD_MAX = 1.02   # latency with the probe on over off (benchmarks/test_harness.py)
 RETRANSMISSION_NOTE = 0.01  # above this share of TCP payload, retransmissions explain closure misses
 

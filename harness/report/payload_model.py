@@ -5,8 +5,9 @@ Payload (tensor bytes, per call):
   naive   client->GPU: W + ids + KV(s_prev)        GPU->client: logits + KV(s_prev + new)
   sys     client->GPU: ids (weights W once, apart)  GPU->client: the next token ids (greedy on the GPU host)
   local   nothing
-W counts GPT-2's tied lm_head/wte once: torch RPC ships storages, and the wire agrees (measured:
-~249.5 MB of a 326 MB fp16 state_dict). KV(s) = layers x 2 x kv_heads x s x head_dim x dtype bytes.
+W counts GPT-2's tied lm_head/wte once: torch RPC ships storages, and the wire agrees (a capture
+carried the tied-once size, not the listed one: docs/evidence.md).
+KV(s) = layers x 2 x kv_heads x s x head_dim x dtype bytes.
 logits = vocab x dtype bytes (last position only). ids = tokens x 8 (int64; sys's decode steps
 send and receive them as plain ints, counted so too).
 

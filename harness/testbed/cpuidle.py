@@ -5,20 +5,20 @@ as long as it lives, so the cpuidle governor polls instead of halting the CPU.
 Why: a decode step's RPC follows a wait for the GPU, and after a wait every thread on its path
 (the caller, TensorPipe's loop, the serving thread) is woken on a CPU that went idle. A halted
 vCPU takes an interrupt through the hypervisor to wake; a polling one sees the wake-up at once.
-On the CPU box (cpuidle driver haltpoll) an empty RPC went from 0.81 to 0.54 ms back to back and
-from 1.37 to 1.09 ms after 5 ms idle. The client process holds it too, so the local loop runs
-under the same setting. Best effort: without the right (no root on a user's host) the run goes
+On the CPU box (cpuidle driver haltpoll) the request made an empty RPC faster, back to back and
+after an idle wait alike (docs/evidence.md). The client process holds it too, so the local loop
+runs under the same setting. Best effort: without the right (no root on a user's host) the run goes
 on and the environment says the request was not held. SGAP_NO_CPU_QOS=1 in the environment
 (which a server started here inherits) leaves idle as the machine has it, to measure the difference
-(scripts/diagnose_idle.py).
+(scripts/diagnose/idle.py).
 
 The request acts through the cpuidle driver, and the H200 host has none (driver "none", governor
-menu: idle is the plain halt): there an empty RPC still took 0.46 ms back to back and 0.93 ms
-after 5 ms idle. SGAP_CPU_POLL=1 tries what idle=poll would do there, as an experiment measured
-by scripts/diagnose_idle.py, not a default: a busy loop at SCHED_IDLE on every CPU this process
-may use, so no CPU halts and a woken thread preempts the loop at once. The loops die with this
-process (PR_SET_PDEATHSIG) and cost the machine's idle time; on a CPU with SMT they also share
-a core with real work.
+menu: idle is the plain halt): there an empty RPC after an idle wait still took far longer than
+one back to back (docs/evidence.md). SGAP_CPU_POLL=1 tries what idle=poll would do there, as an
+experiment measured by scripts/diagnose/idle.py, not a default: a busy loop at SCHED_IDLE on every
+CPU this process may use, so no CPU halts and a woken thread preempts the loop at once. The loops
+die with this process (PR_SET_PDEATHSIG) and cost the machine's idle time; on a CPU with SMT they
+also share a core with real work.
 """
 from __future__ import annotations
 

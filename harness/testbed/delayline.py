@@ -14,32 +14,26 @@ The TUNs carry virtio-net headers with checksum and TSO offloads, as a VM's tap 
 kernel hands over 64 KB GSO segments without checksums (the MTU stays the veth's 1500), the line
 passes each with its header, and the receiving kernel takes it as it came, as a veth passes its
 GSO segments. Without the headers a TUN has no GSO: every 1500-byte packet would be a read and a
-write here. The other way to large packets, plain IP with a 65000 MTU, carried 10-30% less
-unshaped (4 streams; the same at 2 and 5 Gbit/s), and TCP counts its windows in segments: a 64 KB
-MSS starts a connection with 640 KB in flight, the veth's 14 KB.
+write here. The other way to large packets, plain IP with a 65000 MTU, carried less unshaped
+(docs/evidence.md), and TCP counts its windows in segments: a 64 KB MSS starts a connection with
+640 KB in flight, the veth's 14 KB.
 
 Stdlib only: the GPU machines have no compiler. netns.create starts it (start()) and gives the
 TUNs their addresses, MTU and queue length.
 
-Measured on the CPU box (2 vCPUs, Firecracker, kernel 6.18, no sch_netem), 2026-11-28, medians of
-101 TCP connects (one round trip each) and 3 s iperf3 runs; another session's tests were loading
-the box part of the time, and figures moved ~10-20% between repeats:
-- Round trip: plain veth 0.05-0.10 ms. Through the line 0.64-0.73 ms with 0.5 stated (so 0.57-0.66
-  added), 5.15-5.23 ms with 5 (5.10-5.16 added). The line's own two hops and its wake-ups add
-  ~0.1 ms over the stated delay: a packet that finds it asleep in select is read 30-90 µs late
-  each way, and the delay counts from the read. Releases: median 2-3 µs after their time, p90
-  20-45 µs, p99 0.1-1 ms: this VM takes its vCPUs away for up to 5 ms (a spinning process saw 20
-  gaps over 0.5 ms a second), which no userspace loop can hide.
-- iperf3, 1 / 4 streams (Gbit/s): unshaped 6.4-7.0 / 7.1-7.4 at 0.5 ms, 4.3-5.1 / 7.1-9.6 at 5 ms
-  (16 streams: 10.3), the line at 75-98% of a core and the box's two cores busy: its ceiling;
-  tbf at 2 Gbit/s 1.89-2.00 either RTT; at 5 Gbit/s 4.47-4.96 / 4.72-4.96 at 0.5 ms, 4.58-4.67 /
-  4.76-4.87 at 5 ms; at 10 Gbit/s (above MAX_GBPS; a build with a 65000 MTU) 4.0-5.5 / 5.3-7.3.
-- Retransmissions (iperf3's sender): 0-3 segments a run, most runs none; no drops at the tbf, the
-  TUNs' queues or the CPUs' backlogs, so the few are most likely tail-loss probes after the VM's
-  pauses. (The plain unshaped veth retransmitted 700-2,500 segments a run on the same box.)
-- CPU: the line takes 30-50% of a core at 2 Gbit/s, 65-85% at 5 Gbit/s, about 25 µs of Python and
-  35 µs of kernel per packet (a 64 KB segment or an ACK); idle, none (it sleeps in select).
-  Polling ahead of releases is capped at SPIN_SHARE of a core.
+How it behaves, measured on the CPU box (docs/evidence.md has the figures, the setup and the date):
+- Round trip: the line's own two hops and its wake-ups add a little over the stated delay: a
+  packet that finds it asleep in select is read late each way, and the delay counts from the read.
+  Most releases come within microseconds of their time, but the VM takes its vCPUs away for
+  milliseconds now and then, which no userspace loop can hide.
+- Throughput: unshaped, the line is bound by the box's CPUs (the line on most of a core, both
+  cores busy); through the tbf it carried close to the set rate up to MAX_GBPS, and less above it.
+- Retransmissions: next to none, and no drops at the tbf, the TUNs' queues or the CPUs' backlogs,
+  so the few are most likely tail-loss probes after the VM's pauses (the plain unshaped veth
+  retransmitted far more on the same box).
+- CPU: the line's share of a core grows with the rate, a cost of Python and kernel per packet (a
+  64 KB segment or an ACK); idle, none (it sleeps in select). Polling ahead of releases is capped
+  at SPIN_SHARE of a core.
 So MAX_GBPS is 5: the highest rate the line carried at 90% or more of in one stream. Not measured
 on the GPU machines (16 cores, where the line's core is its own): there it may carry more.
 """
@@ -63,8 +57,8 @@ TXQUEUELEN = 10000          # packets a TUN holds for the line: see netns._tun_p
 MAX_GBPS = 5.0              # the highest rate create() gives a link through the line: see above
 READ_BYTES = 65536 + 64     # a 64 KB GSO segment and its virtio-net header
 READ_BATCH = 64             # packets read from one TUN before the clock is looked at again
-SPIN_S = 150e-6             # wake this early for a release, then poll: a sleeping select woke
-                            # 90 µs late (p90 120) on the CPU box, 30-50 µs with CPUs that poll
+SPIN_S = 150e-6             # wake this early for a release, then poll: a sleeping select wakes
+                            # late, by less than this in nearly all wake-ups (docs/evidence.md)
 SPIN_SHARE = 0.1            # polling may take this share of a CPU, ...
 SPIN_BUDGET_S = 0.002       # ... saved up to this much
 
@@ -223,7 +217,7 @@ def start(client_iface: str, gpu_iface: str, netns: str, one_way_ms: float) -> i
 def reap(pid: int) -> None:
     """Collect the exit of a line this process started, once it has ended: until then it is a
     zombie, and /proc/<pid>, which netns.destroy_names waits to see go, stays. (A line whose
-    creator died is init's to reap: 1.1 s on the CPU box.)"""
+    creator died is init's to reap, which takes a while: docs/evidence.md.)"""
     proc = _started.get(pid)
     if proc is not None and proc.poll() is not None:
         del _started[pid]

@@ -7,8 +7,8 @@ from pathlib import Path
 from harness.testbed.hosts import GpuHost
 
 # Named links: line rates only. The plan names a 25 GbE NIC and no round trip, and a rack's
-# (tens of microseconds) is below what the veth itself shows (~0.1 ms on the CPU box), so a
-# profile adds none: the RTT is its own option and axis.
+# (tens of microseconds) is below what the veth itself shows (docs/evidence.md), so a profile
+# adds none: the RTT is its own option and axis.
 PROFILES = {"nic25": 25.0,    # the plan's testbed: a 25 GbE NIC
             "nic100": 100.0}  # 100 GbE, as the H100 results ran
 

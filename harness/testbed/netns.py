@@ -134,7 +134,8 @@ def _tun_pair(ns: str, vc: str, vg: str, mtu: int, one_way_ms: float) -> None:
     delayline), so a larger one would buy little, and TCP would count its windows in other
     segments (a 64 KB MSS starts a connection with 640 KB in flight, not 14 KB). The queue
     length is packets a TUN holds for the line to read: a full one drops (a TUN does not push
-    back on its qdisc), so it covers the line's pauses (up to 5 ms on the CPU box) at its rate."""
+    back on its qdisc), so it covers the line's pauses (the VM's vCPU pauses: see delayline) at
+    its rate."""
     try:
         delayline.start(vc, vg, ns, one_way_ms)
     except OSError as e:  # the machine's limit as much as a missing sch_netem: one line, as that
@@ -149,7 +150,8 @@ def _tun_pair(ns: str, vc: str, vg: str, mtu: int, one_way_ms: float) -> None:
 def spread_receive(ns: str | None, dev: str) -> None:
     """Receive packet steering on dev over all CPUs. A token bucket releases every lane's
     packets from one CPU, and without RPS that CPU's backlog (netdev_max_backlog packets)
-    overflowed on the H100 host: 2-6% of a shaped naive call's bytes were retransmissions."""
+    overflowed on the H100 host: a shaped naive call's bytes were partly retransmissions
+    (docs/evidence.md)."""
     cpus = os.cpu_count() or 1
     every = (1 << cpus) - 1
     words = [(every >> (32 * i)) & 0xFFFFFFFF for i in range((cpus + 31) // 32)]
@@ -166,12 +168,11 @@ def shape(ns: str | None, dev: str, rate_gbps: float, under_netem: bool = False)
     """A token bucket on dev's egress: the emulated link gets a line rate, as a NIC has.
 
     Unshaped, a veth is as fast as the CPUs copy, and iperf3's cache-resident buffers copy far
-    faster than any application's data (on the H100 host 16 streams read 316 Gbit/s): a figure
-    no real link between two hosts shows. The bucket holds 1 ms of traffic (at least 256 KB,
-    so 64 KB GSO segments pass whole). The queue holds 100 ms (at most 4 GB, tc's limit), so
-    that the bucket queues rather than drops, as a NIC pushes back on its host. The
-    retransmissions the H100 host showed (2-6% of a naive call's bytes, with a 10 ms queue and
-    with this one alike) went only with spread_receive.
+    faster than any application's data (docs/evidence.md): a figure no real link between two
+    hosts shows. The bucket holds 1 ms of traffic (at least 256 KB, so 64 KB GSO segments pass
+    whole). The queue holds 100 ms (at most 4 GB, tc's limit), so that the bucket queues rather
+    than drops, as a NIC pushes back on its host. The retransmissions the H100 host showed (with
+    a shorter queue and with this one alike) went only with spread_receive.
 
     under_netem: the bucket is netem's child (see delay), and its queue takes any TCP window."""
     bytes_per_s = rate_gbps * 1e9 / 8

@@ -1,7 +1,8 @@
 """torch.distributed.rpc set up so that its bytes cross the link we measure.
 
 On one kernel TensorPipe silently moves tensors through shared memory and cross-memory-attach
-(measured: two processes on one kernel exchanged 100 MB with 13 KB on the wire). We force the
+(two processes on one kernel exchanged tensors with next to nothing on the wire:
+docs/evidence.md). We force the
 `uv` (TCP) transport and a TCP channel, and pin Gloo and TensorPipe to the link's interface: left
 alone, they resolve the host name to 127.0.0.1 and time out across namespaces.
 
@@ -25,8 +26,8 @@ CHANNELS = ("basic", "mpt_uv")
 # (kNumUvThreads in torch's tensorpipe_agent.cpp), basic uses the pipe's one connection
 LANES = {"basic": 1, "mpt_uv": 16}
 # mpt_uv spreads a message over several TCP lanes: on the H100 host a naive gpt2 decode step's
-# 250 MB moved at 75 Gbit/s with it and 15 with basic (one connection), so with basic the RPC
-# path, not the data, set naive's latency. On 2 cores the two were alike (11.7 vs 9.9 Gbit/s).
+# 250 MB moved several times faster with it than with basic (one connection), so with basic the
+# RPC path, not the data, set naive's latency. On 2 cores the two were alike (docs/evidence.md).
 DEFAULT_CHANNEL = "mpt_uv"
 
 
@@ -35,8 +36,9 @@ class RpcConfig:
     host: str                      # the GPU host's address on the link
     port: int = 29500
     channel: str = DEFAULT_CHANNEL # basic: one TCP connection; mpt_uv: several lanes
-    timeout_s: float = 30.0        # one call: bounds a hang on a dead link or worker; a naive
-                                   # llama-1b step (2.2 GB) took 1.3 s on the H100 host
+    timeout_s: float = 30.0        # one call: bounds a hang on a dead link or worker, well above
+                                   # a naive llama-1b step (2.2 GB) on the H100 host
+                                   # (docs/evidence.md)
     connect_timeout_s: float = 10.0
 
     def __post_init__(self):
@@ -49,7 +51,7 @@ class RpcConfig:
 # The GPU host serves requests on one thread: the client makes one call at a time, and the
 # worker's model work must stay on one thread anyway (harness.compute.worker), which with one
 # serving thread it can do where the request arrives, saving two thread hand-overs a call
-# (0.17 ms of an llama-1b decode step on the H200 host, measured as server_dispatch_s).
+# (measured as server_dispatch_s: a visible share of a decode step; docs/evidence.md).
 SERVER_THREADS = 1
 CLIENT_THREADS = 8
 
@@ -98,7 +100,7 @@ def route_to(addr: str) -> tuple[str, str]:
 def check_port_free(addr: str, port: int) -> None:
     """The port must be free on addr and on the wildcard address: torch's rendezvous store binds
     it on all interfaces, and if that bind fails after we said we were ready, the client waits
-    for a store that never comes (seen once under load, as a 120 s hang)."""
+    for a store that never comes (seen once under load, as a long hang)."""
     for host in dict.fromkeys((addr, "0.0.0.0")):
         with socket.socket() as s:
             try:

@@ -150,9 +150,9 @@ def _fit_compute(points: list[Point]) -> tuple[Compute, dict]:
 def _local_steps(points: list[Point]) -> list[tuple[int, float]]:
     """(cache length, compute) of every decode step the local cells timed: each step's wall time
     less the cell's own cost per forward beyond compute ((latency - compute) / forwards: moving
-    ids and the next token). A decode round's total is mostly its prefill where steps are few
-    (llama-1b on the H200, 10 steps: a 35 ms eager prefill, noisy by a third, beside 33 ms of
-    steps), so steps fitted from totals inherit the prefill's scatter."""
+    ids and the next token). A decode round's total is largely its prefill where steps are few,
+    and a prefill is noisy (docs/evidence.md), so steps fitted from totals inherit the prefill's
+    scatter."""
     out = []
     for p in points:
         m = p.measured
@@ -213,8 +213,9 @@ def _fit_bytes(c: Components, remote: list[Point]) -> tuple[Components, dict]:
     cell's run measured an empty call on its own link (Link.empty_call_B), that is a call's base and
     framing_B what a call carries beyond it: how many packets a small call takes (headers, ACKs, writes
     that a shaped queue packs together) is the link's, not the cell's. Else framing_B is all of it.
-    Why s: on the CPU box's sweep the bytes beyond payload and empty calls were 0.80-0.82 as many
-    through the delay line's TUNs as on the veth, for the same cells: header-only packets, 52 B there."""
+    Why s: on the CPU box's sweep the bytes beyond payload and empty calls were fewer through the
+    delay line's TUNs than on the veth for the same cells, by about that ratio (docs/evidence.md):
+    header-only packets, 52 B there."""
     measured = all(p.link.empty_call_B is not None for p in remote)
     rows, y = [], []
     for p in remote:
