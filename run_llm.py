@@ -1,7 +1,7 @@
 """Client: one phase of LLM inference in one mode; prints one JSON line.
 
     python run_llm.py --mode {local,naive,sys_simulated} --phase {prefill,decode}
-                      [--gpu_host_ip ADDR] [--model tiny] [--prompt-len 128] [--decode-steps 50]
+                      [--gpu_host_ip ADDR] [--gap-model tiny] [--gap-prompt-len 128] [--gap-steps 50]
 
 Without --gpu_host_ip the GPU host is emulated on this machine (network namespace + veth) and
 its worker started and stopped here. With it, rpc_server.py must already run on that host.
@@ -26,47 +26,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see python {PROG}.py --help)")
 
 
-# run_llm.py's names for the suite's options, where they differ (harness.options.SuiteOptions)
-FLAGS = {"steps": "--decode-steps", "gpu_addr": "--gpu_host_ip", "link_gbps": "--link-gbps",
-         "prompt_len": "--prompt-len", "engine": "--engine", "batch": "--batch",
-         "threads": "--threads"}
+# the suite's settings this script takes, named as the suite names them (--gap-<field>), but for the
+# three the original plan names: --mode, --phase and --gpu_host_ip (harness.options.SuiteOptions)
+SETTINGS = ("model", "dtype", "device", "engine", "threads", "batch", "seed", "prompt_len", "steps", "gpu_addr",
+            "port", "channel", "link_gbps")
 
 
 def parse_args(argv):
     from harness.compute.modes import MODES
     from harness.compute.phase import PHASES
-    from harness.options import SuiteOptions
-    from harness.testbed.rpc import CHANNELS
-    d = SuiteOptions()  # the defaults, shared with the suite
+    from harness.options import GROUPS, add_options
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--mode", required=True, choices=list(MODES))
     p.add_argument("--phase", required=True, choices=PHASES)
-    p.add_argument("--gpu_host_ip", help="the GPU host's link address (default: emulate it here)")
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--model", default=d.model, help="preset name or local model directory")
-    p.add_argument("--prompt-len", type=int, default=d.prompt_len)
-    p.add_argument("--decode-steps", type=int, default=d.steps)
-    p.add_argument("--dtype", default=d.dtype, help="fp32 | fp16 | bf16 | auto (bf16 on CUDA)")
-    p.add_argument("--device", help="where the model runs (default: cuda if present, else cpu)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--channel", default=d.channel, choices=CHANNELS)
-    p.add_argument("--link-gbps", type=float, help="emulated link only: its line rate each way "
-                   "(tc tbf) [unshaped]")
-    p.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together [1]")
-    p.add_argument("--engine", help="eager | static | graphs | graphs-all | compact: how every mode runs "
-                   "the model [compact on CUDA (graphs-all for other families), else eager]")
-    p.add_argument("--threads", type=int, help="host threads torch gives the model's CPU work "
-                   "[1 on CUDA, else one per core]")
+    groups = {}
+    add_options(lambda key: groups.setdefault(key, p.add_argument_group(GROUPS[key])), SETTINGS, plan=True)
     return p.parse_args(argv)
 
 
 def build_request(args):
     """The suite's options and checks (harness.options), for this one phase."""
-    from harness.options import SuiteOptions
-    return SuiteOptions(model=args.model, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
-                        steps=args.decode_steps, seed=args.seed, gpu_addr=args.gpu_host_ip, port=args.port,
-                        channel=args.channel, link_gbps=args.link_gbps, engine=args.engine, batch=args.batch,
-                        threads=args.threads, flags=FLAGS).validate(phases=(args.phase,))
+    from harness.options import SuiteOptions, values_of
+    return SuiteOptions(**values_of(args, SETTINGS), plan_flags=True).validate(phases=(args.phase,))
 
 
 def run(args) -> dict:
@@ -101,8 +82,8 @@ def summary(args, opts, device, link, result, load, link_bytes) -> dict:
     """load: sys_simulated's one-time weight load (its link bytes inside), recorded as the suite does."""
     out = {"mode": args.mode, "phase": args.phase, "model": opts.spec.name, "dtype": opts.spec.dtype,
            "engine": opts.engine_spec.name,
-           "device": device, "link": link, "prompt_len": args.prompt_len,
-           "decode_steps": args.decode_steps if args.phase == "decode" else 0}
+           "device": device, "link": link, "prompt_len": opts.prompt_len,
+           "steps": opts.steps if args.phase == "decode" else 0}
     out |= result.to_dict()
     out["weight_load"] = None if load is None else asdict(load)
     out["link_bytes"] = link_bytes

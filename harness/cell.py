@@ -3,7 +3,7 @@
     cell = Cell(cfg, backend, prompt, probe)
     benchmark.pedantic(cell.run_round, setup=cell.setup, teardown=cell.teardown,
                        rounds=cfg.rounds, warmup_rounds=cfg.warmup_rounds)
-    cell.info()         # harness.report.summary.CellInfo: per-round bytes, utilization, tokens ...
+    cell.info()         # harness.measure.results.CellInfo: per-round bytes, utilization, tokens ...
 
 setup/teardown bracket every round (warm-ups too) with the probe, outside the timed region.
 """
@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
 
 from harness.compute.modes import MODES
-from harness.compute.phase import PhaseResult, run_phase
+from harness.compute.phase import Backend, PhaseResult, run_phase
 from harness.measure.dissect import dissect
 from harness.measure.probe import ProbeReading, RoundProbe, UtilWindow
+from harness.measure.results import CellContext, CellInfo, CellSummary
 from harness.measure.timeline import call_timeline
-from harness.report.analysis import CellContext, analyse_round
-from harness.report.summary import CellInfo, CellSummary
-
+from harness.report.analysis import analyse_round
 
 WINDOW_SAMPLES = 5  # dmon samples (1 s each) a cell's utilization figure averages at least
 # Calls a stateless worker takes before its receive buffer stays put. Its second call's message
@@ -79,10 +81,10 @@ class RoundRecord:
 @dataclass
 class Cell:
     cfg: CellConfig
-    backend: object
-    prompt: object                 # [1, T] int64
+    backend: Backend
+    prompt: torch.Tensor           # [batch, T] int64, on the CPU
     probe: RoundProbe
-    on_step: object = None         # progress callback(round_label, step, n_steps)
+    on_step: Callable[[str, int, int], None] | None = None  # progress: (round label, step, steps)
     context: CellContext | None = None
     records: list[RoundRecord] = field(default_factory=list)
     window: UtilWindow | None = None  # utilization over back-to-back runs (measure_utilization)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 
 from harness.compute.engine import AUTO, GRAPHS, EngineSpec
-from harness.compute.modes import MODES
 from harness.compute.models import ModelSpec, default_device, load_config, max_positions
+from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.errors import UsageError
 from harness.testbed.hosts import GpuHost, SshTarget
@@ -17,42 +18,95 @@ from harness.testbed.rpc import CHANNELS, DEFAULT_CHANNEL
 GATE_METRICS = ("bytes", "gpu")
 
 
+GROUPS = {  # the options' groups, as pytest-benchmark groups its own: key -> title
+    "model": "semantic gap: the model and how it runs",
+    "measurement": "semantic gap: what each cell measures",
+    "link": "semantic gap: the link and the two hosts",
+    "output": "semantic gap: verdicts and baselines",
+}
+
+
+@dataclass(frozen=True)
+class Opt:
+    """How a setting is given on a command line: its help ({default} is filled in), its group,
+    and where its flag is not --gap-<field> (an _s suffix dropped, _ as -)."""
+    help: str
+    group: str
+    type: type | None = None
+    metavar: str | None = None
+    action: str | None = None     # store_true | store_false (then the flag names the switch)
+    flag: str | None = None
+    plan: str | None = None       # the original plan's name for it, which run_llm.py keeps
+
+
+def opt(default, help: str, group: str, **kw):
+    return field(default=default, metadata={"opt": Opt(help, group, **kw)})
+
+
 @dataclass(frozen=True)
 class SuiteOptions:
-    model: str = "tiny"
-    dtype: str = "auto"
-    device: str | None = None
-    prompt_len: int = 128
-    steps: int = 50
-    rounds: int = 3
-    rounds_stateful: int | None = None  # local and sys_simulated cells' measured rounds; None: rounds
-    warmup: int = 1
-    seed: int = 0
-    gpu_host: str | None = None       # ssh target [user@]host[:port]: start the worker there
-    gpu_addr: str | None = None       # the GPU host's link address (RPC); default: resolve gpu_host
-    remote_dir: str | None = None     # the project on the GPU host; default: this checkout's path
-    remote_python: str = "python3"
-    ssh_identity: str | None = None
-    ssh_known_hosts: str | None = None
-    ssh_accept_new: bool = False
-    ssh_config: str | None = None     # an ssh_config file (ssh -F); default: ssh's own
-    port: int = 29500
-    channel: str = DEFAULT_CHANNEL
-    rpc_timeout_s: float = 30.0
-    capture: bool = True
-    compare_fail: tuple = ()      # (("bytes", 0.05), ("gpu", 0.10)): fractions
-    link_nominal_gbps: float | None = None   # warn when iperf3 gets < 80% of it
-    link_gbps: float | None = None            # embedded default: shape the veth to this rate
-    link_rtt_ms: float | None = None          # embedded default: add this round trip (netem, half each way)
-    link_profile: str | None = None           # a named link (testbed.link.PROFILES): sets link_gbps
-    link_strict: bool = False                 # ... and fail instead
-    batch: int = 1              # sequences decoded together, as a serving system batches
-    engine: str | None = None   # harness.compute.engine.ENGINES; None: compact on CUDA (graphs-all for other families), else eager
-    threads: int | None = None  # host intra-op threads for the model; None: 1 on CUDA, else one per core
-    util_samples: int = 5       # dmon samples a cell's utilization window holds at least; 0: no window
-    strict: bool = False      # a missed harness target (RPC path, probe cost, analysis share) fails, not warns
-    # field -> the flag that sets it, where not --gap-<field> (run_llm.py names some differently)
-    flags: dict = field(default_factory=dict, compare=False, repr=False)
+    """Every setting of a run, one name each from the flag (--gap-<name>) to the JSON: declared
+    here once, with what fixtures/options.py, run_llm.py and harness.sweep make of them."""
+    model: str = opt("tiny", "preset (tiny, tiny-llama, gpt2, gpt2-medium, llama-1b, llama-8b) or a local "
+                     "Hugging Face model directory [{default}]", "model")
+    dtype: str = opt("auto", "fp32 | fp16 | bf16 | auto: bf16 on CUDA, else fp32 [{default}]", "model")
+    device: str | None = opt(None, "torch device of the model [cuda if present]", "model")
+    engine: str | None = opt(None, "how every mode runs the model: eager (transformers, a launch per kernel), "
+                             "static (its static cache, eager), graphs (each decode step one CUDA graph), "
+                             "graphs-all (and each prompt one graph), compact (compact Llama/GPT-2 code, "
+                             "compiled and captured on CUDA, eager elsewhere) [compact on CUDA (graphs-all for "
+                             "other families), else eager]", "model")
+    threads: int | None = opt(None, "host threads torch gives the model's CPU work, in the client and the worker "
+                              "(harness/compute/threads.py) [1 on CUDA, else one per core]", "model", type=int)
+    batch: int = opt(1, "sequences decoded together, as a serving system batches [{default}]", "model", type=int)
+    seed: int = opt(0, "weights and prompt seed [{default}]", "model", type=int)
+    prompt_len: int = opt(128, "prompt tokens [{default}]", "measurement", type=int)
+    steps: int = opt(50, "decode steps after prefill [{default}]", "measurement", type=int)
+    rounds: int = opt(3, "measured rounds per cell [{default}]", "measurement", type=int)
+    rounds_stateful: int | None = opt(None, "measured rounds of the local and sys_simulated cells, which take "
+                                      "milliseconds where naive's take seconds [--gap-rounds]", "measurement",
+                                      type=int, metavar="N")
+    warmup: int = opt(1, "warm-up rounds per cell; the stateful cells and naive prefill take at least 2 "
+                      "(harness/cell.py says why) [{default}]", "measurement", type=int)
+    util_samples: int = opt(5, "dmon samples (1 s each) a cell's utilization window runs its phase back to back "
+                            "for, where a round holds fewer; 0: no window [{default}]", "measurement", type=int)
+    capture: bool = opt(True, "no tcpdump around rounds", "measurement", action="store_false",
+                        flag="--gap-no-capture")
+    rpc_timeout_s: float = opt(30.0, "seconds one RPC may take before the cell fails (a dead link or worker) "
+                               "[{default:g}]", "measurement", type=float)
+    gpu_host: str | None = opt(None, "a real GPU host, driven over ssh: the worker, dmon and iperf3 start there "
+                               "[emulate it here in a network namespace]", "link", metavar="[USER@]HOST[:PORT]")
+    gpu_addr: str | None = opt(None, "the GPU host's address on the measured link [--gap-gpu-host resolved]; "
+                               "alone: a worker already running there", "link", plan="--gpu_host_ip")
+    remote_dir: str | None = opt(None, "the project on the GPU host [this path]", "link")
+    remote_python: str = opt("python3", "python on the GPU host [{default}]", "link")
+    ssh_identity: str | None = opt(None, "ssh private key [ssh's own choice]", "link")
+    ssh_known_hosts: str | None = opt(None, "known_hosts file [ssh's own]", "link")
+    ssh_accept_new: bool = opt(False, "accept an unknown host key once (StrictHostKeyChecking=accept-new)",
+                               "link", action="store_true")
+    ssh_config: str | None = opt(None, "ssh configuration file (ssh -F); its Host aliases work as "
+                                 "--gap-gpu-host [ssh's own: ~/.ssh/config]", "link", metavar="PATH")
+    port: int = opt(29500, "RPC rendezvous port [{default}]", "link", type=int)
+    channel: str = opt(DEFAULT_CHANNEL, "TensorPipe TCP channel: mpt_uv (several lanes) | basic (one) "
+                       "[{default}]", "link")
+    link_gbps: float | None = opt(None, "embedded default: give the veth this line rate each way (tc tbf), as a "
+                                  "real NIC has [unshaped: as fast as the CPUs copy]", "link", type=float)
+    link_rtt_ms: float | None = opt(None, "embedded default: add this round trip to the link's own, half each way "
+                                    "(tc netem; without sch_netem a userspace delay line) [none: the veth's "
+                                    "own]", "link", type=float)
+    link_profile: str | None = opt(None, "embedded default: a named link that sets --gap-link-gbps: nic25 (the "
+                                   "plan's 25 GbE NIC) or nic100; line rates only", "link", metavar="NAME")
+    link_nominal_gbps: float | None = opt(None, "the link's rated speed: iperf3 below 80% of it warns", "link",
+                                          type=float)
+    link_strict: bool = opt(False, "with --gap-link-nominal-gbps: fail the session instead of warning", "link",
+                            action="store_true")
+    strict: bool = opt(False, "fail, not warn, where the harness misses a target of its own: the RPC path under "
+                       "80% of iperf3, the probe's cost over 2%, the capture analysis over 5% of a round, the "
+                       "link under 80% of its stated speed", "output", action="store_true")
+    compare_fail: tuple = opt((), "with --benchmark-compare: fail a cell whose mean bytes grew more than N% "
+                              "(bytes:5%) or whose GPU utilization moved more than N points (gpu:10%)", "output",
+                              metavar="METRIC:N%,...")
+    plan_flags: bool = field(default=False, compare=False, repr=False)  # name flags as run_llm.py does
 
     @property
     def resolved_device(self) -> str:
@@ -86,7 +140,7 @@ class SuiteOptions:
 
     def flag(self, name: str) -> str:
         """The command-line flag that sets field `name`, for error messages."""
-        return self.flags.get(name) or "--gap-" + name.removesuffix("_s").replace("_", "-")
+        return flag_of(name, self.plan_flags)
 
     def validate(self, phases=PHASES) -> "SuiteOptions":
         """Every check that can be made before anything starts; phases: those that will run (the
@@ -165,6 +219,13 @@ class SuiteOptions:
                              f"its own rate: state it with {self.flag('link_nominal_gbps')}")
 
 
+def flag_of(name: str, plan: bool = False) -> str:
+    """The flag of SuiteOptions field `name`: --gap-<name> (an _s suffix dropped, _ as -), or its
+    Opt's own; plan: the original plan's name where it has one (run_llm.py)."""
+    o = OPTIONS[name]
+    return (plan and o.plan) or o.flag or "--gap-" + name.removesuffix("_s").replace("_", "-")
+
+
 def parse_compare_fail(text: str | None) -> tuple:
     """'bytes:5%,gpu:10%' -> (('bytes', 0.05), ('gpu', 0.10))."""
     if not text:
@@ -177,3 +238,37 @@ def parse_compare_fail(text: str | None) -> tuple:
                              f"{', '.join(GATE_METRICS)}), comma separated, e.g. bytes:5%,gpu:10%")
         out.append((m.group(1), float(m.group(2)) / 100))
     return tuple(out)
+
+
+OPTIONS: dict[str, Opt] = {f.name: f.metadata["opt"] for f in fields(SuiteOptions) if "opt" in f.metadata}
+
+
+def add_options(group: Callable[[str], object], names=None, plan: bool = False, many=(),
+                defaults: dict | None = None, helps: dict | None = None) -> None:
+    """Declare SuiteOptions fields as flags, each with dest gap_<field>: group(key) returns the
+    group to add to (pytest's getgroup, argparse's add_argument_group), whose adder is addoption
+    or add_argument. names: the fields (all by default); plan: the original plan's names where a
+    field has one; many: fields that take a comma-separated list (a sweep's axes); defaults and
+    helps: a command's own, where its meaning differs (a sweep's axes)."""
+    groups, defaults, helps = {}, defaults or {}, helps or {}
+    for name in names or OPTIONS:
+        o = OPTIONS[name]
+        if o.group not in groups:
+            g = group(o.group)
+            groups[o.group] = getattr(g, "addoption", None) or g.add_argument
+        default = defaults.get(name, next(f.default for f in fields(SuiteOptions) if f.name == name))
+        text = helps.get(name) or o.help.format(default=default)
+        kw = {"dest": "gap_" + name, "help": ("comma-separated: " if name in many else "") + text.replace("%", "%%")}
+        if o.action:
+            kw["action"] = o.action
+        elif name in many:
+            kw |= {"default": str(default), "metavar": "A,B,..."}
+        else:
+            kw |= {"default": default, **({"type": o.type} if o.type else {}),
+                   **({"metavar": o.metavar} if o.metavar else {})}
+        groups[o.group](flag_of(name, plan), **kw)
+
+
+def values_of(namespace, names=None) -> dict:
+    """The fields add_options declared, as read back from a parsed namespace (dest gap_<field>)."""
+    return {name: getattr(namespace, "gap_" + name) for name in names or OPTIONS}

@@ -1,9 +1,9 @@
 """Sweeps: the suite run once per point of a grid (link rate x RTT x prompt length x decode
 steps x model), one pytest-benchmark JSON per point, named after it.
 
-    python -m harness.sweep --out DIR --model gpt2 --link-gbps 10,25,50,100,unshaped \\
-        --rtt-ms 0,0.5,5 --prompt-len 128,512 --steps 10 [--rounds 1 --warmup 0] [--dry-run] \\
-        [--tests benchmarks/test_cells.py] [-- more pytest arguments]
+    python -m harness.sweep --out DIR --gap-model gpt2 --gap-link-gbps 10,25,50,100,unshaped \\
+        --gap-link-rtt-ms 0,0.5,5 --gap-prompt-len 128,512 --gap-steps 10 [--gap-rounds 1 --gap-warmup 0] \\
+        [--dry-run] [--tests benchmarks/test_cells.py] [-- more pytest arguments]
 
 The suite is the measuring instrument: each point is `pytest benchmarks ...` in a subprocess,
 exactly as a user runs it, and nothing here measures. Resumable: a point whose JSON exists and
@@ -33,10 +33,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.measure.results import SWEEP_INDEX as INDEX
+from harness.measure.results import point_files
+from harness.options import add_options, flag_of
+from harness.report.environment import changed_files
 from harness.testbed.link import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
-INDEX = "sweep.json"  # every invocation's command line and what each point did
+AXES = ("model", "prompt_len", "steps", "link_gbps", "link_rtt_ms")  # the grid: SuiteOptions' names, lists here
 USAGE_ERROR = 4  # pytest's exit code for bad options (and the suite's for a machine that can't run them)
 
 
@@ -87,9 +91,11 @@ def link_value(text: str) -> str:
 
 def grid(args) -> list[Point]:
     """Every combination, model outermost and RTT innermost, so neighbours differ in one thing."""
-    axes = (parse_list(args.model, str, "--model"), parse_list(args.prompt_len, int, "--prompt-len"),
-            parse_list(args.steps, int, "--steps"), parse_list(args.link_gbps, link_value, "--link-gbps"),
-            parse_list(args.rtt_ms, float, "--rtt-ms"))
+    axes = (parse_list(args.gap_model, str, flag_of("model")),
+            parse_list(args.gap_prompt_len, int, flag_of("prompt_len")),
+            parse_list(args.gap_steps, int, flag_of("steps")),
+            parse_list(args.gap_link_gbps, link_value, flag_of("link_gbps")),
+            parse_list(args.gap_link_rtt_ms, float, flag_of("link_rtt_ms")))
     points = [Point(m, link, rtt, p, s) for m, p, s, link, rtt in itertools.product(*axes)]
     names = [p.name for p in points]
     if len(set(names)) != len(names):
@@ -99,10 +105,9 @@ def grid(args) -> list[Point]:
 
 def command(point: Point, args, json_path: Path) -> list[str]:
     fixed = []
-    if args.rounds is not None:
-        fixed += ["--gap-rounds", str(args.rounds)]
-    if args.warmup is not None:
-        fixed += ["--gap-warmup", str(args.warmup)]
+    for name in ("rounds", "warmup"):
+        if getattr(args, "gap_" + name) is not None:
+            fixed += [flag_of(name), str(getattr(args, "gap_" + name))]
     # no xdist: cells share the link; no cache provider: points must not depend on each other
     return [sys.executable, "-m", "pytest", *args.tests, "-p", "no:xdist", "-p", "no:cacheprovider",
             *point.flags(), *fixed, *args.pytest_args, f"--benchmark-json={json_path}"]
@@ -270,7 +275,6 @@ def check_out(out: Path) -> None:
     results = REPO / "results"
     if results != out and results not in out.parents:
         return
-    from harness.report.environment import changed_files
     changed = changed_files(REPO)
     if changed is None or changed:
         raise SystemExit(f"sweep: --out {out} is under results/, which takes runs from a clean, committed "
@@ -298,13 +302,6 @@ def record_invocation(out: Path, args, started: float, log: list[dict]) -> None:
                                    "points": log})
     history["commit_info"] = points_commit(out)
     write_json(path, history)
-
-
-def point_files(out: Path) -> list[Path]:
-    """The measured points' pytest-benchmark JSON in a sweep's folder: not the index, a failed
-    point's record or a run under way (.NAME.partial.json)."""
-    return sorted(f for f in out.glob("*.json") if f.name != INDEX and not f.name.startswith(".")
-                  and not f.name.endswith((".failure.json", ".failed-run.json")))
 
 
 def points_commit(out: Path) -> dict:
@@ -335,14 +332,15 @@ def summarize(log: list[dict], wall_s: float) -> int:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="directory for the points' JSON, logs and sweep.json")
-    ap.add_argument("--model", default="gpt2", help="models, comma separated [gpt2]")
-    ap.add_argument("--link-gbps", default="unshaped",
-                    help=f"link rates in Gbit/s, `unshaped`, or profiles ({', '.join(PROFILES)}) [unshaped]")
-    ap.add_argument("--rtt-ms", default="0", help="round trips added to the link, ms; 0: none [0]")
-    ap.add_argument("--prompt-len", default="128", help="prompt lengths [128]")
-    ap.add_argument("--steps", default="50", help="decode steps [50]")
-    ap.add_argument("--rounds", type=int, help="measured rounds per cell [the suite's]")
-    ap.add_argument("--warmup", type=int, help="warm-up rounds per cell [the suite's]")
+    grid_group = ap.add_argument_group("the grid (each axis comma-separated) and what every point runs")
+    add_options(lambda key: grid_group, (*AXES, "rounds", "warmup"), many=AXES,
+                defaults={"model": "gpt2", "link_gbps": "unshaped", "link_rtt_ms": "0", "rounds": None,
+                          "warmup": None},
+                helps={"link_gbps": f"link rates in Gbit/s, unshaped, or profiles ({', '.join(PROFILES)}) "
+                                    "[unshaped]",
+                       "link_rtt_ms": "round trips added to the link, ms; 0: none [0]",
+                       "rounds": "measured rounds per cell [the suite's]",
+                       "warmup": "warm-up rounds per cell [the suite's]"})
     ap.add_argument("--tests", default="benchmarks", type=lambda t: t.split(","),
                     help="what pytest runs, comma separated: benchmarks/test_cells.py runs the six cells "
                          "and the RPC control without the harness' own checks [benchmarks]")

@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    from harness.testbed import cpuidle
+    from harness.compute import cpuidle
     cpuidle.hold_low_latency()  # as the suite's processes do: the host's wake after each step's wait
     model = build_model(ModelSpec(args.model, args.dtype), default_device())
     prompt = prompt_ids(model.config, args.prompt_len, seed=0)

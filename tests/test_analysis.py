@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.compute.modes import MODES
+from harness.measure.payload import Payload, Shape, cell_payload, closure, header_bytes
 from harness.report.analysis import utilization
-from harness.report.payload_model import Payload, Shape, cell_payload, closure, header_bytes
 
 # a made-up shape small enough to add up by hand: KV(s) = 2 layers x 2 (K and V) x 3 heads x s x
 # 4 head_dim x 2 bytes = 96 s bytes; logits = 10 x 2 = 20 bytes; ids are int64, 8 bytes a token

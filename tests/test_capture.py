@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from harness.measure import pcap
-from harness.measure.pcap import (A_TO_B, B_TO_A, OTHER, PcapPackets, PcapTotals, _address_maps,
-                                  _check_header, _classify_record, _read_pcap_scalar, _record_offsets,
-                                  read_pcap)
+from harness.measure import pcap_records as records
+from harness.measure.pcap import _record_offsets, read_pcap
+from harness.measure.pcap_records import A_TO_B, B_TO_A, OTHER
 from harness.measure.tcpdump import Capture, CaptureStats
 
 # -----------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def write(tmp_path: Path, data: bytes, name: str = "t.pcap") -> Path:
 @pytest.mark.parametrize("endian", ["<", ">"])
 def test_magics_and_byte_orders(tmp_path, magic, endian):
     totals = read_pcap(write(tmp_path, build_pcap(FRAMES, magic, endian)), A, B)
-    assert isinstance(totals, PcapTotals)
+    assert isinstance(totals, records.PcapTotals)
     assert totals.packets == 5
     assert totals.bytes_total == 1054 * 2 + 54 + 60 + 42
 
@@ -176,7 +176,7 @@ def test_per_packet_arrays(tmp_path, magic, ts_frac, frac_s):
     ]
     totals = read_pcap(write(tmp_path, build_pcap(frames, magic, ts_frac=ts_frac)), A, B, per_packet=True)
     pp = totals.per_packet
-    assert isinstance(pp, PcapPackets)
+    assert isinstance(pp, records.PcapPackets)
     assert pp.ts_s.dtype == np.float64 and pp.direction.dtype == np.int8
     assert pp.orig_len.dtype == np.int64 and pp.payload_len.dtype == np.int64
     # float64 seconds since the epoch resolve ~0.24 us
@@ -268,17 +268,17 @@ def other_link(frame: bytes, linktype: int) -> bytes:
 def per_record_reference(path: Path, addr_a: str, addr_b: str, port_b: int | None) -> list[tuple[int, int]]:
     """(direction, payload length) of every record through the scalar per-record path."""
     buf = path.read_bytes()
-    endian, _, linktype = _check_header(buf, path)
-    v4_dir, v6_dir = _address_maps(addr_a, addr_b)
+    endian, _, linktype = records._check_header(buf, path)
+    v4_dir, v6_dir = records._address_maps(addr_a, addr_b)
     incl_len = struct.Struct(endian + "8xI").unpack_from
-    return [_classify_record(buf, off + 16, off + 16 + incl_len(buf, off)[0], linktype, v4_dir, v6_dir,
+    return [records._classify_record(buf, off + 16, off + 16 + incl_len(buf, off)[0], linktype, v4_dir, v6_dir,
                              port_b) for off in _record_offsets(buf, endian).tolist()]
 
 
 def assert_same_as_reference(path: Path, per_packet: bool = False) -> None:
     for a, b, port_b in ADDRESS_CASES:
         fast = read_pcap(path, a, b, port_b, per_packet=per_packet)
-        ref = _read_pcap_scalar(path, a, b, port_b)
+        ref = records._read_pcap_scalar(path, a, b, port_b)
         key = (fast.packets, fast.bytes_total, fast.bytes_a_to_b, fast.bytes_b_to_a, fast.bytes_other)
         assert key == (ref.packets, ref.bytes_total, ref.bytes_a_to_b, ref.bytes_b_to_a, ref.bytes_other), \
             (a, b, port_b)
@@ -393,7 +393,7 @@ def test_capture_loopback_transfer(tmp_path):
     assert (data >= 0).all() and TRANSFER_BYTES <= data.sum() <= TRANSFER_BYTES * 1.05  # retransmits
     assert (pp.payload_len[pp.direction == B_TO_A] == 0).all()  # the server only ACKs
     assert abs(pp.ts_s[0] - started) < 60 and (pp.ts_s[-1] - pp.ts_s[0]) < 60
-    ref = _read_pcap_scalar(path, "127.0.0.1", "127.0.0.1", port_b=port)
+    ref = records._read_pcap_scalar(path, "127.0.0.1", "127.0.0.1", port_b=port)
     assert (totals.bytes_a_to_b, totals.bytes_b_to_a, totals.bytes_other) == \
         (ref.bytes_a_to_b, ref.bytes_b_to_a, ref.bytes_other)
     assert TRANSFER_BYTES <= totals.bytes_a_to_b <= TRANSFER_BYTES * 1.05

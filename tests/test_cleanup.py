@@ -33,8 +33,8 @@ needs_netns = pytest.mark.skipif(
     not netns.can_make_namespaces(),
     reason="needs root and a working `ip netns` (the embedded namespace + veth testbed)")
 
-RUN_ARGS = ["--mode", "naive", "--phase", "decode", "--model", "tiny", "--decode-steps", "400",
-            "--prompt-len", "64"]
+RUN_ARGS = ["--mode", "naive", "--phase", "decode", "--gap-model", "tiny", "--gap-steps", "400",
+            "--gap-prompt-len", "64"]
 # run_llm.py as a non-root user runs it: the GPU host emulated on loopback, no namespace
 LOOPBACK = ["-c", "import sys; sys.argv[0] = 'run_llm.py'; import harness.testbed.netns as n; "
             "n.can_make_namespaces = lambda: False; import run_llm; sys.exit(run_llm.main())"]
@@ -69,7 +69,7 @@ class Run:
         self.t0 = time.time()
         env = dict(os.environ, **{TAG_VAR: self.tag})
         env.pop("SGAP_DEVICE", None)
-        argv = [*LOOPBACK, *RUN_ARGS, "--port", str(free_port())] if loopback else \
+        argv = [*LOOPBACK, *RUN_ARGS, "--gap-port", str(free_port())] if loopback else \
             ["run_llm.py", *RUN_ARGS]
         self.proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -326,7 +326,7 @@ def test_stop_signal_while_waiting_for_a_silent_host(sig, code):
         listener.listen(8)
         port = listener.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "run_llm.py", "--mode", "naive", "--phase", "prefill",
-                                 "--model", "tiny", "--gpu_host_ip", "127.0.0.1", "--port", str(port)],
+                                 "--gap-model", "tiny", "--gpu_host_ip", "127.0.0.1", "--gap-port", str(port)],
                                 cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         conns = []

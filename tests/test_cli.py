@@ -101,28 +101,28 @@ BAD_INPUT = {
                      [r"--mode", r"bogus", r"local", r"sys_simulated"]),
     "unknown-phase": (["--mode", "local", "--phase", "bogus"],
                       [r"--phase", r"bogus", r"prefill", r"decode"]),
-    "unknown-model": (["--mode", "local", "--phase", "decode", "--model", "nosuch"],
+    "unknown-model": (["--mode", "local", "--phase", "decode", "--gap-model", "nosuch"],
                       [r"unknown model 'nosuch'", r"tiny"]),
-    "decode-steps-0": (["--mode", "local", "--phase", "decode", "--decode-steps", "0"],
-                       [r"--decode-steps 0\b", r">= 1"]),
-    "decode-steps-negative": (["--mode", "local", "--phase", "decode", "--decode-steps", "-3"],
-                              [r"--decode-steps -3\b", r">= 1"]),
-    "prompt-len-0": (["--mode", "local", "--phase", "prefill", "--prompt-len", "0"],
-                     [r"--prompt-len 0\b", r">= 1"]),
-    "prompt-too-long": (["--mode", "local", "--phase", "prefill", "--prompt-len", "600"],
-                        [r"\b600\b", r"context of 512", r"--prompt-len"]),
-    "prompt-plus-decode-too-long": (["--mode", "local", "--phase", "decode", "--prompt-len", "500",
-                                     "--decode-steps", "50"],
-                                    [r"\b500\b", r"\b51\b", r"context of 512", r"--decode-steps"]),
+    "decode-steps-0": (["--mode", "local", "--phase", "decode", "--gap-steps", "0"],
+                       [r"--gap-steps 0\b", r">= 1"]),
+    "decode-steps-negative": (["--mode", "local", "--phase", "decode", "--gap-steps", "-3"],
+                              [r"--gap-steps -3\b", r">= 1"]),
+    "prompt-len-0": (["--mode", "local", "--phase", "prefill", "--gap-prompt-len", "0"],
+                     [r"--gap-prompt-len 0\b", r">= 1"]),
+    "prompt-too-long": (["--mode", "local", "--phase", "prefill", "--gap-prompt-len", "600"],
+                        [r"\b600\b", r"context of 512", r"--gap-prompt-len"]),
+    "prompt-plus-decode-too-long": (["--mode", "local", "--phase", "decode", "--gap-prompt-len", "500",
+                                     "--gap-steps", "50"],
+                                    [r"\b500\b", r"\b51\b", r"context of 512", r"--gap-steps"]),
     # the remote modes validate before they start anything: no namespace, no server
-    "naive-prompt-too-long": (["--mode", "naive", "--phase", "prefill", "--prompt-len", "600"],
+    "naive-prompt-too-long": (["--mode", "naive", "--phase", "prefill", "--gap-prompt-len", "600"],
                               [r"\b600\b", r"context of 512"]),
-    "sys-unknown-model": (["--mode", "sys_simulated", "--phase", "decode", "--model", "nosuch"],
+    "sys-unknown-model": (["--mode", "sys_simulated", "--phase", "decode", "--gap-model", "nosuch"],
                           [r"unknown model 'nosuch'"]),
-    "link-rate-0": (["--mode", "naive", "--phase", "prefill", "--link-gbps", "0"],
-                    [r"--link-gbps 0", r"> 0"]),
-    "link-rate-real-host": (["--mode", "naive", "--phase", "prefill", "--link-gbps", "10",
-                             "--gpu_host_ip", "10.213.255.254"], [r"--link-gbps", r"real link"]),
+    "link-rate-0": (["--mode", "naive", "--phase", "prefill", "--gap-link-gbps", "0"],
+                    [r"--gap-link-gbps 0", r"> 0"]),
+    "link-rate-real-host": (["--mode", "naive", "--phase", "prefill", "--gap-link-gbps", "10",
+                             "--gpu_host_ip", "10.213.255.254"], [r"--gap-link-gbps", r"real link"]),
 }
 
 
@@ -135,8 +135,8 @@ def test_bad_input(case):
 
 def test_unreachable_gpu_host():
     port = free_port()
-    res, _ = run_script("run_llm.py", "--mode", "naive", "--phase", "prefill", "--model", "tiny",
-                        "--gpu_host_ip", "127.0.0.1", "--port", str(port))
+    res, _ = run_script("run_llm.py", "--mode", "naive", "--phase", "prefill", "--gap-model", "tiny",
+                        "--gpu_host_ip", "127.0.0.1", "--gap-port", str(port))
     assert_one_error_line(res, "run_llm", r"cannot reach", rf"127\.0\.0\.1:{port}\b",
                           r"rpc_server\.py")
 
@@ -152,8 +152,8 @@ def test_rpc_server_port_in_use():
 
 @pytest.mark.parametrize("phase,n_tokens", [("decode", 4), ("prefill", 1)])
 def test_local_happy_path(phase, n_tokens):
-    res, _ = run_script("run_llm.py", "--mode", "local", "--phase", phase, "--model", "tiny",
-                        "--decode-steps", "3")
+    res, _ = run_script("run_llm.py", "--mode", "local", "--phase", phase, "--gap-model", "tiny",
+                        "--gap-steps", "3")
     assert res.returncode == 0, res.stderr
     assert [l for l in res.stderr.splitlines() if l.strip()] == [], f"stderr:\n{res.stderr}"
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -161,4 +161,4 @@ def test_local_happy_path(phase, n_tokens):
     assert len(out["tokens"]) == n_tokens
     assert all(isinstance(t, int) and 0 <= t < 4096 for t in out["tokens"])
     assert len(out["step_times_s"]) == n_tokens - 1
-    assert out["decode_steps"] == (3 if phase == "decode" else 0)
+    assert out["steps"] == (3 if phase == "decode" else 0)

@@ -1,4 +1,4 @@
-"""The cost model (harness/report/costmodel/) and the projection (harness/report/project.py):
+"""The cost model (harness/predict/costmodel/) and the projection (harness/predict/project.py):
 the fit recovers synthetic components, bytes are the payload model's exactly plus the protocol,
 the projection says PROJECTED and that 70B does not fit, the committed projected tables regenerate
 byte-identical from the command they name, and a sanity check against the committed H100 runs."""
@@ -14,8 +14,8 @@ import pytest
 
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
-from harness.report import costmodel as cm
-from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, HEADER_BYTES, Shape, cell_payload
+from harness.measure.payload import CLOSURE_MIN_PAYLOAD, HEADER_BYTES, Shape, cell_payload
+from harness.predict import costmodel as cm
 
 REPO = Path(__file__).resolve().parent.parent
 GPT2 = REPO / "results/h200/gpt2-100gbit/gpt2.json"
@@ -283,14 +283,14 @@ def test_sanity_against_the_committed_gpu_runs():
 
 
 def test_projection_is_labelled_and_says_70b_does_not_fit(tmp_path):
-    from harness.report import project
+    from harness.predict import project
     files = project.write([str(LLAMA.relative_to(REPO))], tmp_path)
     pages = {f.stem: f.read_text() for f in files}
     assert set(pages) == {"llama-2-7b", "llama-3-8b", "llama-3-70b", "calibration"}
     for slug in ("llama-2-7b", "llama-3-8b", "llama-3-70b"):
         text = pages[slug]
         assert text.startswith("# PROJECTED:"), slug
-        assert "`python -m harness.report.project --calibration results/h200/llama-1b-100gbit/llama-1b.json" in text
+        assert "`python -m harness.predict.project --calibration results/h200/llama-1b-100gbit/llama-1b.json" in text
         assert "| Phase | Mode | Latency (s) | Network Bytes Transferred | Avg. GPU Utilization (%) |" in text
         assert len(re.findall(r"^\| (prefill|decode) \| (local|naive|sys_simulated) \|", text, re.M)) >= 6
     assert "does not fit one A100 80GB" in pages["llama-3-70b"]
@@ -304,10 +304,10 @@ def test_projection_is_labelled_and_says_70b_does_not_fit(tmp_path):
 
 def test_committed_projection_regenerates_byte_identical(tmp_path):
     """results/projected/ is generated: rerunning the command named in its files gives them again."""
-    from harness.report import project
+    from harness.predict import project
     committed = sorted(PROJECTED.glob("*.md"))
-    assert committed, "results/projected/ is missing: run python -m harness.report.project"
-    command = re.search(r"`(python -m harness\.report\.project [^`]+)`", committed[0].read_text()).group(1)
+    assert committed, "results/projected/ is missing: run python -m harness.predict.project"
+    command = re.search(r"`(python -m harness\.predict\.project [^`]+)`", committed[0].read_text()).group(1)
     argv = command.split()[3:]
     out = argv.index("--out")
     assert argv[out + 1].rstrip("/") == "results/projected"
@@ -346,11 +346,11 @@ def test_loader_reads_a_sweep_folder(tmp_path):
 
 
 def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
-    """python -m harness.report.sweepreport on a committed sweep: the README fits on the grid's
+    """python -m harness.predict.sweepreport on a committed sweep: the README fits on the grid's
     corners and gives each held-out point's errors, and the four plots are written."""
     import shutil
 
-    from harness.report import sweepreport
+    from harness.predict import sweepreport
     sweeps = sorted(REPO.glob("results/*/sweep-*"))
     assert sweeps, "no committed sweep under results/"
     for src in sweeps:
@@ -372,7 +372,7 @@ def test_a_sweep_report_names_its_held_out_errors_and_draws_the_plots(tmp_path):
 def test_a_sweep_against_a_repeat_of_its_grid_reports_each_cells_largest_difference(tmp_path):
     """--repeat-of: each cell against the same cell at the same point of another sweep; against itself
     nothing differs, against a run whose one decode cell moved 5% more bytes that cell says so."""
-    from harness.report import sweepreport
+    from harness.predict import sweepreport
     src = REPO / "results/h200/sweep-llama-1b-v5"
     points = cm.load_all(sweepreport.point_files(src))
     same = {r["Mode"] + r["Phase"]: r for r in sweepreport.repeat_rows(points, points)}
@@ -390,18 +390,18 @@ def test_a_sweep_against_a_repeat_of_its_grid_reports_each_cells_largest_differe
 
 
 def test_committed_extrapolation_regenerates_byte_identical(monkeypatch, tmp_path):
-    """An extrapolated run (python -m harness.report.extrapolate: a 10-step run's decode cells at 50
+    """An extrapolated run (python -m harness.predict.extrapolate: a 10-step run's decode cells at 50
     steps, labelled PREDICTED, with the procedure checked where 50 steps were measured) is generated:
     its command, run again, writes the same README."""
-    from harness.report import extrapolate
+    from harness.predict import extrapolate
     committed = [f for f in sorted(REPO.glob("results/*/*/" + extrapolate.README))
-                 if "harness.report.extrapolate" in f.read_text()]
-    assert committed, "no extrapolated run under results/: run python -m harness.report.extrapolate"
+                 if "harness.predict.extrapolate" in f.read_text()]
+    assert committed, "no extrapolated run under results/: run python -m harness.predict.extrapolate"
     monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
     for i, readme in enumerate(committed):
         want = readme.read_text()
         assert "PREDICTED" in want and "## The same procedure where every step was measured" in want
-        command = re.search(r"`(python -m harness\.report\.extrapolate [^`]+)`", want).group(1)
+        command = re.search(r"`(python -m harness\.predict\.extrapolate [^`]+)`", want).group(1)
         out = readme.parent.relative_to(REPO).as_posix()
         assert f"--out {out}" in command, f"{readme}: its command writes elsewhere ({command})"
         fresh = tmp_path / str(i)
@@ -411,7 +411,7 @@ def test_committed_extrapolation_regenerates_byte_identical(monkeypatch, tmp_pat
 
 
 def test_extrapolate_says_what_is_wrong_in_one_line(tmp_path, capsys):
-    from harness.report import extrapolate
+    from harness.predict import extrapolate
     with pytest.raises(SystemExit) as e:
         extrapolate.main(["--fit", str(LLAMA), "--steps", "50", "--check", str(LLAMA), "--out", str(tmp_path)])
     assert e.value.code == 2 and "--check and --check-fit go together" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The PM QoS request both hosts make (harness.testbed.cpuidle): held while the process lives,
+"""The PM QoS request both hosts make (harness.compute.cpuidle): held while the process lives,
 gone with it, and said in the environment either way."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness.testbed import cpuidle
+from harness.compute import cpuidle
 
 
 def _effective_us() -> int:
@@ -25,7 +25,7 @@ def test_request_lasts_as_long_as_the_process():
     if not os.path.exists(cpuidle.DEVICE) or os.geteuid() != 0:
         pytest.skip(f"{cpuidle.DEVICE} needs root and the kernel's PM QoS")
     before = _effective_us()
-    code = ("import struct, sys; from harness.testbed import cpuidle; s = cpuidle.hold_low_latency(); "
+    code = ("import struct, sys; from harness.compute import cpuidle; s = cpuidle.hold_low_latency(); "
             f"print(s['cpu_latency_us'], struct.unpack('i', open({cpuidle.DEVICE!r}, 'rb').read(4))[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "SGAP_NO_CPU_QOS"})
@@ -42,7 +42,7 @@ def test_state_says_why_not_where_none_was_made():
 
 def test_pollers_go_with_their_process():
     """SGAP_CPU_POLL=1: a busy loop per CPU, at SCHED_IDLE, that dies with the process that made it."""
-    code = ("from harness.testbed import cpuidle; s = cpuidle.hold_low_latency(); "
+    code = ("from harness.compute import cpuidle; s = cpuidle.hold_low_latency(); "
             "print(s['pollers'], *[p.pid for p in cpuidle._pollers], flush=True)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "SGAP_CPU_POLL": "1"})

@@ -14,8 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure.dissect import (DEFAULT_MAX_PACKETS, Dissection, Flow, _Coverage, _rows_fields,
-                                     _rows_pyshark, _tshark_path, count_packets, dissect, tshark_version)
+from harness.measure.dissect import (
+    DEFAULT_MAX_PACKETS,
+    Dissection,
+    Flow,
+    _Coverage,
+    _rows_fields,
+    _rows_pyshark,
+    _tshark_path,
+    count_packets,
+    dissect,
+    tshark_version,
+)
 from harness.measure.pcap import A_TO_B, B_TO_A, read_pcap
 from harness.measure.tcpdump import Capture
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.compute.baseline import generate_cache
 from harness.compute.engine import ENGINES, GRAPHS, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device, load_config, prompt_ids
 from harness.compute.modes import LocalBackend, NaiveBackend, SysBackend
+from harness.compute.peer import generate_cache
 from harness.compute.phase import run_phase
 
 STEPS = 12

@@ -93,7 +93,7 @@ def test_rpc_control_measures_a_decode_steps_pattern(smoke):
 
 
 def test_semantic_gap_shows_in_bytes(smoke):
-    """The link bytes against the analytic payload (harness.report.payload_model: from the model's
+    """The link bytes against the analytic payload (harness.measure.payload: from the model's
     shape alone, not from what the run counted). Each round of a remote cell carries its payload
     in each direction plus at most 5% + 64 KB of headers, RPC framing and ACKs (measured here:
     0.3% + 7 KB), so sys shipping the weights, or naive shipping GPT-2's tied weights twice or
@@ -101,7 +101,7 @@ def test_semantic_gap_shows_in_bytes(smoke):
     predicts, within 8%; local moves no payload."""
     from harness.compute.models import ModelSpec, load_config
     from harness.compute.modes import MODES
-    from harness.report.payload_model import cell_payload, shape_of
+    from harness.measure.payload import cell_payload, shape_of
     data = smoke[1]
     spec = ModelSpec("tiny", data["machine_info"]["semantic_gap"]["dtype"])
     shape = shape_of(load_config(spec), spec.torch_dtype)

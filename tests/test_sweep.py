@@ -15,8 +15,8 @@ from harness import sweep
 
 REPO = Path(__file__).resolve().parent.parent
 # one local prefill cell of the tiny model: the sweep's machinery, not a measurement, is tested
-TINY = ["--model", "tiny", "--link-gbps", "unshaped", "--rtt-ms", "0", "--steps", "1", "--rounds", "1",
-        "--warmup", "0", "--tests", "benchmarks/test_cells.py"]
+TINY = ["--gap-model", "tiny", "--gap-link-gbps", "unshaped", "--gap-link-rtt-ms", "0", "--gap-steps", "1", "--gap-rounds", "1",
+        "--gap-warmup", "0", "--tests", "benchmarks/test_cells.py"]
 SELECT = ["--", "-k", "prefill and local"]
 GOOD, BAD = "tiny-unshaped-rtt0ms-p8-s1", "tiny-unshaped-rtt0ms-p600-s1"  # 600: over tiny's context
 
@@ -28,8 +28,8 @@ def args_for(*argv: str):
 
 
 def test_grid_expands_as_stated():
-    args = args_for("--out", "x", "--model", "gpt2", "--link-gbps", "10,25,50,100,unshaped",
-                    "--rtt-ms", "0,0.5,5", "--prompt-len", "128,512", "--steps", "10")
+    args = args_for("--out", "x", "--gap-model", "gpt2", "--gap-link-gbps", "10,25,50,100,unshaped",
+                    "--gap-link-rtt-ms", "0,0.5,5", "--gap-prompt-len", "128,512", "--gap-steps", "10")
     points = sweep.grid(args)
     assert len(points) == 5 * 3 * 2
     assert {(p.link, p.rtt_ms, p.prompt_len) for p in points} == {
@@ -40,14 +40,14 @@ def test_grid_expands_as_stated():
         "--gap-model", "gpt2", "--gap-prompt-len", "128", "--gap-steps", "10"]
     assert by_name["gpt2-25gbit-rtt0.5ms-p512-s10"].flags()[-4:] == [
         "--gap-link-gbps", "25", "--gap-link-rtt-ms", "0.5"]
-    profile = sweep.grid(args_for("--out", "x", "--link-gbps", "nic25"))[0]
+    profile = sweep.grid(args_for("--out", "x", "--gap-link-gbps", "nic25"))[0]
     assert profile.name == "gpt2-nic25-rtt0ms-p128-s50" and profile.flags()[-2:] == ["--gap-link-profile", "nic25"]
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--link-gbps", "10,fast"], "'fast' is not a value it takes"),
-    (["--link-gbps", "0"], "'0' is not a value it takes"),
-    (["--rtt-ms", "0,0"], "repeats a point"),
+    (["--gap-link-gbps", "10,fast"], "'fast' is not a value it takes"),
+    (["--gap-link-gbps", "0"], "'0' is not a value it takes"),
+    (["--gap-link-rtt-ms", "0,0"], "repeats a point"),
 ])
 def test_bad_axis_fails_before_any_point(argv, needle):
     with pytest.raises(SystemExit, match=needle):
@@ -59,7 +59,7 @@ def swept(tmp_path_factory):
     """A real sweep: one point measured, one that fails as a usage error."""
     out = tmp_path_factory.mktemp("sweep")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "--out", str(out), "--prompt-len", "8,600",
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "--out", str(out), "--gap-prompt-len", "8,600",
                            *TINY, *SELECT], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     return proc, out
 
@@ -94,7 +94,7 @@ def test_resume_runs_no_pytest(swept, monkeypatch, capsys):
     def no_pytest(*a, **k):
         raise AssertionError(f"a resumed sweep started a process: {a}")
     monkeypatch.setattr(sweep.subprocess, "Popen", no_pytest)
-    assert sweep.main(["--out", str(out), "--prompt-len", "8,600", *TINY, *SELECT]) == 0
+    assert sweep.main(["--out", str(out), "--gap-prompt-len", "8,600", *TINY, *SELECT]) == 0
     said = capsys.readouterr().out
     assert f"{GOOD}: skipped, measured earlier" in said
     assert f"{BAD}: skipped, failed earlier as a usage error" in said
@@ -106,7 +106,7 @@ def test_retry_failed_runs_only_the_failed_point(swept, monkeypatch):
     ran = []
     monkeypatch.setattr(sweep, "run_point", lambda point, args, out: ran.append(point.name) or
                         {"status": "failed", "seconds": 0.0, "rc": 4, "reason": "again"})
-    sweep.main(["--out", str(out), "--prompt-len", "8,600", "--retry-failed", *TINY, *SELECT])
+    sweep.main(["--out", str(out), "--gap-prompt-len", "8,600", "--retry-failed", *TINY, *SELECT])
     assert ran == [BAD]
 
 
@@ -121,7 +121,7 @@ def test_cut_off_run_leaves_no_json_and_is_retried(tmp_path, monkeypatch):
         return None
     monkeypatch.setattr(sweep, "wait_for", half_written)
     monkeypatch.setattr(sweep, "command", lambda point, args, path: ["sleep", "30", f"--benchmark-json={path}"])
-    argv = ["--out", str(tmp_path), "--prompt-len", "8", *TINY]
+    argv = ["--out", str(tmp_path), "--gap-prompt-len", "8", *TINY]
     assert sweep.main(argv) == 1
     assert not (tmp_path / f"{GOOD}.json").exists()
     assert "ran past --point-timeout" in json.loads((tmp_path / f"{GOOD}.failure.json").read_text())["reason"]

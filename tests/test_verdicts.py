@@ -14,13 +14,13 @@ import pytest
 
 from fixtures.cells import HarnessTargetMissed, report_target_misses
 from harness.compute.modes import MODES
-from harness.report.analysis import CellContext, analyse_round
+from harness.measure.payload import HEADER_BYTES, Shape, cell_payload
+from harness.measure.results import CellContext, CellInfo, CellSummary
+from harness.report.analysis import analyse_round
 from harness.report.catalog import catalog
+from harness.report.floors import cell_floor, floor_rows, memory_rows
 from harness.report.gate import regressions
 from harness.report.invariants import check_cell, probe_overhead_miss, target_misses
-from harness.report.payload_model import HEADER_BYTES, Shape, cell_payload
-from harness.report.summary import CellInfo, CellSummary
-from harness.report.floors import cell_floor, floor_rows, memory_rows
 from harness.report.tables import gap_rows
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,50 +1,17 @@
 """An honest local baseline: the suite's decode loop against transformers' own generate() on the
-same model, machine and prompt, timed side by side (alternating, medians)."""
+same model, machine and prompt (harness.compute.peer times generate()), side by side (alternating,
+medians)."""
 from __future__ import annotations
 
 import statistics
 import time
 
-import torch
-
+from harness.compute import peer
 from harness.compute.engine import EngineSpec, resolved
 from harness.compute.modes import LocalBackend
+from harness.compute.peer import generate_tpot_s
 from harness.compute.phase import run_phase
 from harness.compute.timers import spin
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def generate_s(model, prompt, new_tokens: int, engine: EngineSpec = EngineSpec(), compiled: bool = False) -> float:
-    device = next(model.parameters()).device
-    ids = prompt.to(device)
-    _sync(device)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, **generate_cache(engine, compiled))
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def generate_cache(engine: EngineSpec, compiled: bool = False) -> dict:
-    """generate()'s arguments for the kind of cache the engine keeps: a static cache's masked
-    attention rounds differently from a dynamic one's in fp16, so compare like with like.
-    compiled: transformers' own fast path, a static cache whose decode step generate() compiles
-    (torch.compile, reduce-overhead: CUDA graphs) on a CUDA device; else that compilation is off,
-    so that the uncompiled peer times the loop's equal."""
-    if engine.name == "eager":
-        return {}
-    return {"cache_implementation": "static", "disable_compile": not compiled}
-
-
-def generate_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), compiled: bool = False) -> float:
-    """generate()'s time per output token after the first: (T(steps + 1) - T(1)) / steps."""
-    return (generate_s(model, prompt, steps + 1, engine, compiled)
-            - generate_s(model, prompt, 1, engine, compiled)) / steps
 
 
 def loop_tpot_s(backend, prompt, steps: int) -> float:
@@ -59,7 +26,6 @@ def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeat
     same as this one), its compilation apart, and the uncompiled generate() here is a second row;
     elsewhere generate() does not compile and the uncompiled one is the peer. One local backend
     for every repeat: its slot, and a captured graph, are made once, in the warm-up."""
-    from harness.compute import peer
     engine = resolved(engine, model)
     device = next(model.parameters()).device
     compiled = device.type == "cuda" and engine.name != "eager" and spec is not None

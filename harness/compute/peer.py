@@ -17,13 +17,47 @@ import subprocess
 import sys
 import time
 
-from harness.compute.models import ModelSpec
+import torch
+
+from harness.compute.engine import EngineSpec
+from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def generate_s(model, prompt, new_tokens: int, engine: EngineSpec = EngineSpec(), compiled: bool = False) -> float:
+    device = next(model.parameters()).device
+    ids = prompt.to(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, **generate_cache(engine, compiled))
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def generate_cache(engine: EngineSpec, compiled: bool = False) -> dict:
+    """generate()'s arguments for the kind of cache the engine keeps: a static cache's masked
+    attention rounds differently from a dynamic one's in fp16, so compare like with like.
+    compiled: transformers' own fast path, a static cache whose decode step generate() compiles
+    (torch.compile, reduce-overhead: CUDA graphs) on a CUDA device; else that compilation is off,
+    so that the uncompiled peer times the loop's equal."""
+    if engine.name == "eager":
+        return {}
+    return {"cache_implementation": "static", "disable_compile": not compiled}
+
+
+def generate_tpot_s(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), compiled: bool = False) -> float:
+    """generate()'s time per output token after the first: (T(steps + 1) - T(1)) / steps."""
+    return (generate_s(model, prompt, steps + 1, engine, compiled)
+            - generate_s(model, prompt, 1, engine, compiled)) / steps
 
 
 def measure(spec: ModelSpec, prompt_len: int, steps: int, repeats: int, batch: int, device: str) -> dict:
-    from harness.compute.baseline import generate_tpot_s
-    from harness.compute.engine import EngineSpec
-    from harness.compute.models import build_model, load_config, prompt_ids
     model = build_model(spec, device)
     prompt = prompt_ids(load_config(spec), prompt_len, spec.seed, batch)
     engine = EngineSpec("static", prompt_len + steps + 1, batch)

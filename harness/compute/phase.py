@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from harness.compute.modes import Tally
 
 
 PHASES = ("prefill", "decode")
@@ -46,8 +50,38 @@ def by_sequence(steps: list[list[int]]) -> list[int] | list[list[int]]:
     return seqs[0] if len(seqs) == 1 else seqs
 
 
-def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=None,
-              end_session: bool = True) -> PhaseResult:
+class Backend(Protocol):
+    """What run_phase drives: a mode's client side (harness.compute.modes)."""
+    mode: str
+    tally: "Tally"
+    load: object  # the one-time weight load a mode pays apart (WeightLoad), or None
+
+    def prefill(self, ids: torch.Tensor) -> list[int]: ...
+
+    def step(self, tokens: list[int]) -> list[int]: ...
+
+    def end(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A Tally's running counters at one moment, so that a phase's are the difference of two."""
+    tx_bytes: int
+    rx_bytes: int
+    server_s: dict
+    calls: int
+    rpc_s: float
+    stamps: int
+    client_s: float
+
+    @classmethod
+    def of(cls, t: "Tally") -> "Counters":
+        return cls(t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s, len(t.stamps),
+                   t.client_s)
+
+
+def run_phase(backend: Backend, prompt: torch.Tensor, phase: str, steps: int,
+              on_step: Callable[[int, int], None] | None = None, end_session: bool = True) -> PhaseResult:
     """prompt: [batch, T] int64 on the CPU (batch sequences decoded together). on_step(i, n) is
     called after each forward (progress).
     end_session=False leaves backend.end() (releasing the worker's cache) to the caller, so that a
@@ -55,7 +89,7 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
     n_steps = steps if phase == "decode" else 0
     t = backend.tally
-    start = t.payload_tx_bytes, t.payload_rx_bytes, dict(t.server_s), t.calls, t.rpc_s, len(t.stamps), t.client_s
+    start = Counters.of(t)
     # client_s: the client's own work between forwards (progress here, the next token and its
     # tensor inside the backend), timed apart so the time breakdown need not take it as "the rest"
     t0 = time.perf_counter()
@@ -77,8 +111,9 @@ def run_phase(backend, prompt: torch.Tensor, phase: str, steps: int, on_step=Non
     latency = time.perf_counter() - t0
     if end_session:
         backend.end()  # after latency was taken: releasing a cache is session teardown
-    server = {k: v - start[2].get(k, 0.0) for k, v in t.server_s.items()}
+    end = Counters.of(t)
+    server = {k: v - start.server_s.get(k, 0.0) for k, v in end.server_s.items()}
     return PhaseResult(backend.mode, phase, by_sequence(tokens), latency, ttft, step_times,
-                       t.payload_tx_bytes - start[0], t.payload_rx_bytes - start[1],
-                       t.calls - start[3], t.rpc_s - start[4], server, t.stamps[start[5]:],
-                       client_s + t.client_s - start[6])
+                       end.tx_bytes - start.tx_bytes, end.rx_bytes - start.rx_bytes, end.calls - start.calls,
+                       end.rpc_s - start.rpc_s, server, t.stamps[start.stamps:],
+                       client_s + end.client_s - start.client_s)

@@ -32,14 +32,13 @@ from typing import NamedTuple
 
 import torch
 
-from harness.compute import floor, hostmem
+from harness.compute import cpuidle, floor, hostmem
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device
 from harness.compute.nvml import NO_SAMPLES, make_sampler
 from harness.compute.packing import Chunk, Chunked, Packed, pack_kv, unpack_kv
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock, spin
-from harness.testbed import cpuidle, rpc
 
 
 class Reply(NamedTuple):
@@ -65,6 +64,15 @@ def _compute_thread(method):
         dispatch = (began - entered) + (left - ended)
         return out._replace(stamps_s=(entered, left), server_s={**out.server_s, "dispatch_s": dispatch})
     return wrapper
+
+
+def serving_threads() -> int | None:
+    """How many threads serve RPC requests in this process (None: no RPC agent runs here)."""
+    from torch.distributed.rpc.api import _get_current_rpc_agent
+    try:
+        return int(_get_current_rpc_agent().get_debug_info()["agent.thread_pool_size"])
+    except (RuntimeError, AssertionError, KeyError, ValueError):
+        return None
 
 
 def _stamped(fn, *args, **kwargs):
@@ -96,7 +104,7 @@ class RemoteWorker:
         self.device = torch.device(device or default_device())
         self.spec = spec
         # one thread for all model work: it also serialises requests, so no lock is needed
-        self._compute = (None if rpc.serving_threads() == 1
+        self._compute = (None if serving_threads() == 1
                          else ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker"))
         self.model = self._on_compute_thread(build_model, spec, self.device, with_weights=False)
         self.params = self._on_compute_thread(FlatParams, self.model)  # weights land here in bulk

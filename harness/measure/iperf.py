@@ -89,9 +89,14 @@ def _finish_client(proc: subprocess.Popen, addr: str, port: int, seconds: float)
     return data["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
+def lanes(channel: str) -> int:
+    """The TCP connections a TensorPipe channel moves one tensor over."""
+    return LANES.get(channel, 1)
+
+
 def iperf_for_channel(check: dict, channel: str) -> float | None:
     """The link check's figure with as many TCP streams as the channel moves a tensor over."""
-    return check.get(f"iperf3_gbps_{LANES.get(channel, 1)}_stream")
+    return check.get(f"iperf3_gbps_{lanes(channel)}_stream")
 
 
 def run_channel(env: dict) -> str:

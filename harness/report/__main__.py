@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.measure.results import load_infos
 from harness.report.plots import plot, provenance
-from harness.report.summary import load_infos
 from harness.report.tables import full_report, table_rows
 
 

@@ -4,20 +4,10 @@ are measured and which are derived is said per field.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from harness.report import payload_model
+from harness.measure import payload as payload_model
+from harness.measure.results import CellContext
 
 DMON_PERIOD_S = 1.0
-
-
-@dataclass(frozen=True)
-class CellContext:
-    payload: payload_model.Payload            # analytic, one round
-    per_message_bytes: float         # RPC framing per round trip, measured on no-ops
-    iperf_gbps: float | None         # the link's goodput, same session
-    shape: payload_model.Shape                # weights tied-once and as listed, KV and logits sizes
-    header_B: int = payload_model.HEADER_BYTES  # a packet's headers as the link counts them
 
 
 def analyse_round(r: dict, ctx: CellContext) -> dict:

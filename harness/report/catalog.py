@@ -16,11 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.report.summary import load_infos
+from harness.measure.results import SWEEP_INDEX, load_infos, point_files
 from harness.report.tables import full_report
-from harness.report.extrapolate import README as EXTRAPOLATED
-from harness.sweep import INDEX as SWEEP_INDEX
-from harness.sweep import point_files
 
 HEADER = """# Results
 
@@ -47,7 +44,7 @@ def sweeps(root: Path) -> list[Path]:
 
 def describe_sweep(folder: Path, root: Path) -> str:
     """A sweep in a few lines: its command, and per point the commit it ran; the tables, the cost
-    model's errors and the plots are in the folder's own README (harness.report.sweepreport)."""
+    model's errors and the plots are in the folder's own README (harness.predict.sweepreport)."""
     index = json.loads((folder / SWEEP_INDEX).read_text())
     points = point_files(folder)
     commits = sorted({json.loads(p.read_text())["commit_info"]["id"][:12] for p in points})
@@ -60,9 +57,9 @@ def describe_sweep(folder: Path, root: Path) -> str:
 
 
 def predicted(root: Path) -> list[Path]:
-    """Folders of figures predicted, not measured (harness.report.extrapolate): a README, no run JSON."""
+    """Folders of figures predicted, not measured (harness.predict.extrapolate): a README, no run JSON."""
     return sorted(p.parent for p in root.glob(f"*/*/{EXTRAPOLATED}")
-                  if not any(p.parent.glob("*.json")) and "harness.report.extrapolate" in p.read_text())
+                  if not any(p.parent.glob("*.json")) and "harness.predict.extrapolate" in p.read_text())
 
 
 def describe_predicted(folder: Path, root: Path) -> str:
@@ -110,6 +107,7 @@ def _outcome(log: Path) -> list[str]:
     return [f"- pytest: {verdict}" + (f"; failed: {', '.join(failed)} (pytest.log says why)" if failed else "")]
 
 
+EXTRAPOLATED = "README.md"  # a folder of predicted figures: its README, written by harness.predict.extrapolate
 HISTORY = "history.json"  # results/: the sets later runs replaced, and the commit that removed each
 
 

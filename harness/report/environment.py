@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from harness.compute import hostmem
+from harness.compute import cpuidle, hostmem
 from harness.compute.calls import call
-from harness.testbed import cpuidle
 
 
 def versions() -> dict:
@@ -75,5 +74,5 @@ def describe_testbed(bed, opts) -> dict:
             "worker_malloc": worker["malloc"], "client_malloc": hostmem.POLICY, "engine": worker["engine"],
             # host intra-op threads each process gave the model (harness/compute/threads.py)
             "threads": {"client": torch.get_num_threads(), "gpu_host": worker["threads"]},
-            # idle CPUs poll or halt: what a call after a wait pays to wake (harness/testbed/cpuidle.py)
+            # idle CPUs poll or halt: what a call after a wait pays to wake (harness/compute/cpuidle.py)
             "cpu_idle": {"client": cpuidle.state(), "gpu_host": worker["cpu_idle"]}}

@@ -1,5 +1,5 @@
 """What every cell must satisfy, and the targets the harness holds itself to. Each finding is a
-sentence with the numbers in it. Cells are harness.report.summary.CellInfo.
+sentence with the numbers in it. Cells are harness.measure.results.CellInfo.
 
 check_cell: a measurement that is wrong (tokens differ, packets dropped, bytes unexplained, the
 gap gone): the cell fails. target_misses: a measurement that is right but less than the plan

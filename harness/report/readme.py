@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.report.summary import load_infos
+from harness.measure.results import load_infos
 from harness.report.tables import markdown_table, table_rows
 
 BLOCK = re.compile(r"(<!-- table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)

@@ -1,5 +1,5 @@
 """The plan's table and the measurement's own evidence (checks, time breakdown, harness checks),
-as Markdown, from the cells' results (harness.report.summary.CellInfo). The suite prints them at
+as Markdown, from the cells' results (harness.measure.results.CellInfo). The suite prints them at
 the end of a run; `python -m harness.report out.json` makes the same from the JSON."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import statistics
 
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
+from harness.measure.payload import CLOSURE_TOLERANCE
 from harness.report.analysis import TIME_PARTS
 from harness.report.floors import FLOOR_COLUMNS, MEMORY_COLUMNS, floor_rows, memory_caption, memory_rows
 from harness.report.invariants import ANALYSIS_SHARE_MAX, PROBE_OVERHEAD_MAX, RETRANSMISSION_NOTE, RPC_BOUND
-from harness.report.payload_model import CLOSURE_TOLERANCE
 from harness.report.units import human_bytes
 
 COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]

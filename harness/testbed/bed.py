@@ -13,8 +13,11 @@ import logging
 import socket
 from dataclasses import dataclass, field, replace
 
+from harness.compute.calls import WorkerHandle, call
 from harness.compute.engine import EngineSpec
 from harness.compute.models import ModelSpec
+from harness.compute.modes import MODES
+from harness.compute.worker import RemoteWorker
 from harness.errors import UsageError
 from harness.testbed import netns, rpc
 from harness.testbed.hosts import GpuHost, SshTarget
@@ -36,10 +39,7 @@ class Testbed:
     def worker(self, spec: ModelSpec, engine: EngineSpec = EngineSpec()):
         """A handle (harness.compute.calls.WorkerHandle) to a RemoteWorker for spec, running
         engine, on the GPU host (one per pair, made on first use)."""
-        from torch.distributed import rpc as torch_rpc
-
-        from harness.compute.calls import WorkerHandle
-        from harness.compute.worker import RemoteWorker
+        from torch.distributed import rpc as torch_rpc  # torch's RPC package, loaded with the first worker
         if (spec, engine) not in self.workers:
             rref = torch_rpc.remote(rpc.WORKER_NAME, RemoteWorker, args=(spec, self.device, engine))
             self.workers[spec, engine] = WorkerHandle(rref)  # waits until the skeleton is built
@@ -49,10 +49,6 @@ class Testbed:
         """A fresh client backend of a remote mode (harness.compute.modes.MODES) on spec's worker,
         which forgets every earlier session's caches and weights first. sys_simulated's one-time
         weight load happens here, its link bytes counted into backend.load."""
-        from dataclasses import replace
-
-        from harness.compute.calls import call
-        from harness.compute.modes import MODES
         worker = self.worker(spec, engine)
         call(worker, "reset_remote")
         c0 = self.counters()

@@ -100,7 +100,7 @@ def join_netns(name: str) -> None:
 def prompt_wakeups() -> None:
     """Timer slack 1 ns, so that select wakes when asked, not up to 50 µs later (a normal
     process's default slack). And idle CPUs that wake at once (a PM QoS request held while the fd
-    is open, this process's life), as harness.testbed.cpuidle asks for the client and the worker:
+    is open, this process's life), as harness.compute.cpuidle asks for the client and the worker:
     a packet that finds the line asleep waits for its wake-up, which the delay doesn't know of."""
     try:
         ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)

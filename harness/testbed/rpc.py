@@ -16,8 +16,8 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
+from harness.compute import cpuidle
 from harness.errors import UsageError
-from harness.testbed import cpuidle
 
 WORKER_NAME = "GPU_WORKER"
 CLIENT_NAME = "CLIENT"
@@ -61,15 +61,6 @@ def backend_options(cfg: RpcConfig, threads: int):
     return rpc.TensorPipeRpcBackendOptions(
         init_method=f"tcp://{cfg.host}:{cfg.port}", num_worker_threads=threads, rpc_timeout=cfg.timeout_s,
         _transports=["uv"], _channels=[cfg.channel])
-
-
-def serving_threads() -> int | None:
-    """How many threads serve RPC requests in this process (None: no RPC agent runs here)."""
-    from torch.distributed.rpc.api import _get_current_rpc_agent
-    try:
-        return int(_get_current_rpc_agent().get_debug_info()["agent.thread_pool_size"])
-    except (RuntimeError, AssertionError, KeyError, ValueError):
-        return None
 
 
 def pin_interface(iface: str) -> None:

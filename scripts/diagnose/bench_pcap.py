@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from harness.measure.pcap import _read_pcap_scalar, read_pcap  # noqa: E402
+from harness.measure.pcap import read_pcap  # noqa: E402
+from harness.measure.pcap_records import _read_pcap_scalar  # noqa: E402
 
 CLIENT, GPU = "10.0.0.1", "10.0.0.2"
 SNAPLEN = 66  # harness.measure.tcpdump.header_snaplen for IPv4: every record this long

@@ -18,10 +18,10 @@ MODEL = os.environ.get("DIAG_MODEL", "llama-1b")
 def child(prompt_len: int):
     import torch
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from harness.compute.models import ModelSpec, build_model, prompt_ids
     from harness.compute.engine import Engine, EngineSpec
+    from harness.compute.models import ModelSpec, build_model, prompt_ids
     if os.environ.get("DIAG_QOS"):
-        from harness.testbed.cpuidle import hold_low_latency
+        from harness.compute.cpuidle import hold_low_latency
         hold_low_latency()
     m = build_model(ModelSpec(MODEL, "fp16", 0), "cuda")
     # the pool as a variant asks (the engine would otherwise take 1 on CUDA: harness/compute/threads.py)
@@ -44,7 +44,7 @@ def child(prompt_len: int):
         e.release(s)
     prof = None
     if os.environ.get("DIAG_PROFILE"):
-        from torch.profiler import profile, ProfilerActivity
+        from torch.profiler import ProfilerActivity, profile
         s = e.new_slot()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
             int(e.forward(s, ids).argmax())

@@ -1,6 +1,6 @@
 """What an RPC costs after the caller waited, as a decode step's call follows the GPU's work: the
 empty call back to back and after 1, 5 and 10 ms idle, through the worker's handle (a plain
-call) and through its RRef, with the PM QoS request of harness/testbed/cpuidle.py held on both
+call) and through its RRef, with the PM QoS request of harness/compute/cpuidle.py held on both
 hosts, without it (SGAP_NO_CPU_QOS=1), and with it and a busy loop on every CPU (SGAP_CPU_POLL=1),
 on the embedded link:
 
@@ -34,9 +34,9 @@ def median_ms(call, idle_s: float, n: int) -> float:
 
 
 def measure(link_gbps: float | None, calls: int) -> None:
+    from harness.compute import cpuidle
     from harness.compute.models import ModelSpec
     from harness.testbed import bed as tb
-    from harness.testbed import cpuidle
     with tb.testbed(link_gbps=link_gbps) as bed:
         handle = bed.worker(ModelSpec("tiny", "fp32"))
         remote = handle.rpc_sync().stats_remote()["cpu_idle"]

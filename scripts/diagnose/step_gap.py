@@ -3,7 +3,7 @@ llama-1b at dfd7157: 3.89 against 3.34 ms, with the ids' copy in and the next to
 ~0.1 ms slower there): the same graphs-engine step, timed by its parts, in this process with a gap
 between steps (none; sleeping; spinning; with an NVML sampler thread beside it), then on the worker
 over the embedded link, in one child each without and with a busy loop on every CPU
-(SGAP_CPU_POLL=1, harness/testbed/cpuidle.py):
+(SGAP_CPU_POLL=1, harness/compute/cpuidle.py):
 
     python scripts/diagnose/step_gap.py [--model llama-1b] [--steps 60] [--link-gbps 100]
 
@@ -17,7 +17,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -59,13 +58,13 @@ def show(label: str, parts: dict) -> None:
 def measure(args) -> None:
     import torch
 
+    from harness.compute import cpuidle
     from harness.compute.engine import EngineSpec
     from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
     from harness.compute.modes import LocalBackend
     from harness.compute.nvml import make_sampler
     from harness.compute.packing import pack
     from harness.testbed import bed as tb
-    from harness.testbed import cpuidle
     cuda = torch.cuda.is_available()
     spec = ModelSpec(args.model, "fp16" if cuda else "fp32")
     engine = EngineSpec("graphs" if cuda else "static", max_len=128 + args.steps + 16)

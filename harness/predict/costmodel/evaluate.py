@@ -1,5 +1,5 @@
 """Held-out evaluation (fit on some points, predict others: evaluate) and the tables a reader sees
-(component_rows, eval_rows). See harness.report.costmodel."""
+(component_rows, eval_rows). See harness.predict.costmodel."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from harness.compute.modes import MODES
-from harness.report.costmodel.fit import fit
-from harness.report.costmodel.points import Point
-from harness.report.costmodel.predict import Prediction, predict
-from harness.report.costmodel.terms import TERMS, Components
-
+from harness.predict.costmodel.fit import fit
+from harness.predict.costmodel.points import Point
+from harness.predict.costmodel.predict import Prediction, predict
+from harness.predict.costmodel.terms import TERMS, Components
 
 # --- held-out evaluation --------------------------------------------------------------------------------
 

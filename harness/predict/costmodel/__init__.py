@@ -20,7 +20,7 @@ Bytes of a round, both directions, Ethernet/IP/TCP headers included as the link'
   bytes = payload + s x (round_B + calls x framing_B + payload x HEADER_BYTES / segment_B)
           + calls x empty_call_B     (s: the link's header per an Ethernet one's, Link.header_scale)
 
-payload is harness.report.payload_model.cell_payload's, exact; the other terms are the protocol: a
+payload is harness.measure.payload.cell_payload's, exact; the other terms are the protocol: a
 session's set-up, an empty call's bytes on the point's link (its run's own control; 0 where the
 calibration runs did not measure it), RPC framing per call beyond that, and one 66-byte header per
 packet of segment_B payload bytes; the first three are mostly header-only packets, so on a link whose
@@ -47,17 +47,37 @@ measured; reading calibration and sweep JSONs), predict.py (GPU specifications, 
 compute scaled to another model or GPU), fit.py (the fit above), evaluate.py (held-out evaluation and the
 tables for a reader).
 
-No pytest here: tests/test_costmodel.py drives it; harness/report/project.py uses it.
+No pytest here: tests/test_costmodel.py drives it; harness/predict/project.py uses it.
 """
 from __future__ import annotations
 
-from harness.report.costmodel.terms import BYTES_TARGET, LATENCY_TARGET, TERMS, Components, Compute
-from harness.report.costmodel.points import (RTT_MS_KEYS, Link, Measured, Point, Run, link_of, load_all,
-                                             load_points, shape_for)
-from harness.report.costmodel.predict import (GPUS, Gpu, Overhead, Prediction, compute_for, overhead_of,
-                                              pcie_Bps, predict, roofline, scale_compute, weight_load)
-from harness.report.costmodel.fit import fit
-from harness.report.costmodel.evaluate import EvalRow, Evaluation, Select, component_rows, eval_rows, evaluate
+from harness.predict.costmodel.evaluate import EvalRow, Evaluation, Select, component_rows, eval_rows, evaluate
+from harness.predict.costmodel.fit import fit
+from harness.predict.costmodel.points import (
+                                             RTT_MS_KEYS,
+                                             Link,
+                                             Measured,
+                                             Point,
+                                             Run,
+                                             link_of,
+                                             load_all,
+                                             load_points,
+                                             shape_for,
+)
+from harness.predict.costmodel.predict import (
+                                             GPUS,
+                                             Gpu,
+                                             Overhead,
+                                             Prediction,
+                                             compute_for,
+                                             overhead_of,
+                                             pcie_Bps,
+                                             predict,
+                                             roofline,
+                                             scale_compute,
+                                             weight_load,
+)
+from harness.predict.costmodel.terms import BYTES_TARGET, LATENCY_TARGET, TERMS, Components, Compute
 
 __all__ = [
     "BYTES_TARGET", "LATENCY_TARGET", "TERMS", "Components", "Compute",

@@ -1,5 +1,5 @@
 """Points: what a cell ran on (Link, Run) and what was measured (Measured), and reading them from
-calibration and sweep JSONs (load_points, load_all). See harness.report.costmodel."""
+calibration and sweep JSONs (load_points, load_all). See harness.predict.costmodel."""
 from __future__ import annotations
 
 import re
@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from harness.compute.modes import MODES
-from harness.report.payload_model import ARPHRD_NONE, HEADER_BYTES, Shape, header_bytes
-
+from harness.measure.payload import ARPHRD_NONE, HEADER_BYTES, Shape, header_bytes
 
 # --- points: what a cell ran on, and what was measured -------------------------------------------------
 
@@ -112,10 +111,9 @@ def _dig(d: dict, path: tuple):
 def link_of(env: dict) -> Link:
     """The point's link from machine_info.semantic_gap: goodput = iperf3 with as many streams as the
     RPC channel has lanes (the most streams measured, where not that many)."""
-    from harness.measure.iperf import run_channel
-    from harness.testbed.rpc import LANES
+    from harness.measure.iperf import lanes, run_channel
     check = env.get("link_check") or {}
-    lanes = LANES.get(run_channel(env), 1)
+    n_lanes = lanes(run_channel(env))
     iperf = {int(k.split("_")[2]): v for k, v in check.items()
              if re.fullmatch(r"iperf3_gbps_\d+_stream", k) and v}
     label = str(env.get("link") or "")
@@ -123,7 +121,7 @@ def link_of(env: dict) -> Link:
     if shaped is None and (m := _SHAPED_LABEL.search(label)):
         shaped = float(m.group(1))
     if iperf:
-        gbps = iperf.get(lanes) or iperf[max(n for n in iperf if n <= lanes)] if any(n <= lanes for n in iperf) \
+        gbps = iperf.get(n_lanes) or iperf[max(n for n in iperf if n <= n_lanes)] if any(n <= n_lanes for n in iperf) \
             else iperf[min(iperf)]
     elif shaped:
         gbps = shaped
@@ -155,7 +153,7 @@ def shape_for(model: str, dtype: str) -> Shape:
     """payload_model.shape_of for a preset (or local model directory), on the meta device: no weights."""
     if (model, dtype) not in _SHAPES:
         from harness.compute.models import ModelSpec, load_config
-        from harness.report.payload_model import shape_of
+        from harness.measure.payload import shape_of
         spec = ModelSpec(model, dtype)
         _SHAPES[model, dtype] = shape_of(load_config(spec), spec.torch_dtype)
     return _SHAPES[model, dtype]
@@ -174,7 +172,7 @@ def _se(stat) -> float | None:
 
 def load_points(path: Path | str) -> list[Point]:
     """One Point per cell of one pytest-benchmark JSON (a calibration run, or one point of a sweep)."""
-    from harness.report.summary import load_infos
+    from harness.measure.results import load_infos
     infos, controls, env = load_infos(Path(path))
     copy = env.get("copy_gbps") or {}
     rtt_recorded = ("link_emulation" in env or any(_dig(env, k) is not None for k in RTT_MS_KEYS)

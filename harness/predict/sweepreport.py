@@ -1,9 +1,9 @@
 """A sweep's README and plots, from its points' JSON (harness.sweep wrote them):
 
-    python -m harness.report.sweepreport results/cpu/sweep-gpt2
+    python -m harness.predict.sweepreport results/cpu/sweep-gpt2
 
 - per point and cell: measured latency and link bytes;
-- the cost model (harness.report.costmodel) fitted on the grid's corners (the lowest and highest
+- the cost model (harness.predict.costmodel) fitted on the grid's corners (the lowest and highest
   link rate, prompt and added round trip: measure the extremes, predict the inside) and its
   error on every other point, held out, per point and cell;
 - with --predict RUN.json: the model fitted on the whole sweep predicting runs outside it (a
@@ -24,15 +24,13 @@ import sys
 from pathlib import Path
 
 from harness.compute.modes import MODES
-from harness.report import costmodel as cm
+from harness.measure.results import SWEEP_INDEX, load_infos, point_files
+from harness.predict import costmodel as cm
 from harness.report.analysis import TIME_PARTS
 from harness.report.cli import report_written
 from harness.report.plots import LEGEND_PT, LINE_STYLES, MODE_STYLE, provenance, pyplot, style_legend, ticks_at
-from harness.report.summary import load_infos
 from harness.report.tables import markdown_table
 from harness.report.units import human_bytes
-from harness.sweep import INDEX as SWEEP_INDEX
-from harness.sweep import point_files
 
 README = "README.md"
 
@@ -124,7 +122,7 @@ def write(folder: Path, predict: list[Path] = (), repeat_of: Path | None = None)
     ev = cm.evaluate(points, fit_on, points)
     pngs = plot(folder, points, ev, files)
     lat, byt = ev.worst()
-    command = " ".join(["python -m harness.report.sweepreport", folder.as_posix(),
+    command = " ".join(["python -m harness.predict.sweepreport", folder.as_posix(),
                         *[f"--predict {r.as_posix()}" for r in predict],
                         *([f"--repeat-of {repeat_of.as_posix()}"] if repeat_of else [])])
     lines = [f"# Sweep `{folder.as_posix()}`", "",
@@ -336,7 +334,7 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report.sweepreport", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.predict.sweepreport", description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="the sweep's --out folder")
     p.add_argument("--predict", type=Path, action="append", default=[], metavar="RUN.json",
                    help="a run outside the sweep (e.g. all 50 decode steps) for the model fitted on the "

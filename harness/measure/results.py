@@ -13,6 +13,17 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.measure.payload import HEADER_BYTES, Payload, Shape
+
+
+@dataclass(frozen=True)
+class CellContext:
+    payload: Payload                 # analytic, one round
+    per_message_bytes: float         # RPC framing per round trip, measured on no-ops
+    iperf_gbps: float | None         # the link's goodput, same session
+    shape: Shape                     # weights tied-once and as listed, KV and logits sizes
+    header_B: int = HEADER_BYTES     # a packet's headers as the link counts them
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -173,3 +184,13 @@ def load_infos(path: Path) -> tuple[list[CellInfo], dict, dict]:
                          "--benchmark-json=...`?)")
     controls = {CONTROL_TESTS[b["name"]]: b["extra_info"] for b in benches if b["name"] in CONTROL_TESTS}
     return infos, controls, data.get("machine_info", {}).get("semantic_gap", {})
+
+
+SWEEP_INDEX = "sweep.json"  # in a sweep's folder: every invocation's command line and what each point did
+
+
+def point_files(out: Path) -> list[Path]:
+    """The measured points' pytest-benchmark JSON in a sweep's folder: not the index, a failed
+    point's record or a run under way (.NAME.partial.json)."""
+    return sorted(f for f in out.glob("*.json") if f.name != SWEEP_INDEX and not f.name.startswith(".")
+                  and not f.name.endswith((".failure.json", ".failed-run.json")))

@@ -1,8 +1,8 @@
-"""Decode steps a run did not measure, predicted: the cost model (harness.report.costmodel), fitted on
+"""Decode steps a run did not measure, predicted: the cost model (harness.predict.costmodel), fitted on
 runs of few decode steps, predicts the same cells at more steps, labelled PREDICTED; the same
 procedure run on a model where the longer decode was measured shows the model's error beside.
 
-    python -m harness.report.extrapolate --fit A.json [--fit B.json ...] --steps 50 \\
+    python -m harness.predict.extrapolate --fit A.json [--fit B.json ...] --steps 50 \\
         [--check-fit C.json ... --check RUN.json] --out DIR
 
 Why: an 8B naive decode moves 16 GB a step, so on the GPU machine its runs measure 10 steps where
@@ -15,9 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from harness.report import costmodel as cm
+from harness.predict import costmodel as cm
+from harness.predict.sweepreport import grid, md_table
 from harness.report.cli import report_written
-from harness.report.sweepreport import grid, md_table
 from harness.report.units import human_bytes
 
 README = "README.md"
@@ -86,7 +86,7 @@ def write(fit_on: list[Path], steps: int, out: Path, check_fit: list[Path] = (),
         raise ValueError(f"{', '.join(map(str, fit_on))}: no decode cell to extrapolate")
     c = cm.fit(points)
     gpus = sorted({p.run.gpu or p.run.device for p in points})
-    command = " ".join(["python -m harness.report.extrapolate", *[f"--fit {f.as_posix()}" for f in fit_on],
+    command = " ".join(["python -m harness.predict.extrapolate", *[f"--fit {f.as_posix()}" for f in fit_on],
                         f"--steps {steps}", *[f"--check-fit {f.as_posix()}" for f in check_fit],
                         *[f"--check {f.as_posix()}" for f in check], f"--out {out.as_posix()}"])
     lines = [f"# PREDICTED: {', '.join(sorted({p.model for p in points}))} decode at {steps} steps "
@@ -107,7 +107,7 @@ def write(fit_on: list[Path], steps: int, out: Path, check_fit: list[Path] = (),
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report.extrapolate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.predict.extrapolate", description=__doc__.splitlines()[0])
     p.add_argument("--fit", type=Path, action="append", required=True, metavar="RUN.json",
                    help="a run whose cells the model is fitted on (repeatable: e.g. one per link rate)")
     p.add_argument("--steps", type=int, required=True, help="the decode steps to predict")

@@ -1,5 +1,5 @@
 """Fitting Components on calibration points: the term groups and sources the package's docstring
-(harness.report.costmodel) describes, by relative non-negative least squares."""
+(harness.predict.costmodel) describes, by relative non-negative least squares."""
 from __future__ import annotations
 
 import math
@@ -10,11 +10,10 @@ from typing import Iterable
 import numpy as np
 
 from harness.compute.modes import MODES
-from harness.report.costmodel.points import Point
-from harness.report.costmodel.predict import bulk_calls, combine, predict, release_calls
-from harness.report.costmodel.terms import Components, Compute
-from harness.report.payload_model import HEADER_BYTES, cell_payload
-
+from harness.measure.payload import HEADER_BYTES, cell_payload
+from harness.predict.costmodel.points import Point
+from harness.predict.costmodel.predict import bulk_calls, combine, predict, release_calls
+from harness.predict.costmodel.terms import Components, Compute
 
 # --- fitting --------------------------------------------------------------------------------------------
 

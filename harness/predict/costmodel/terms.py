@@ -1,10 +1,10 @@
 """The cost model's terms (TERMS: unit, meaning, source of each), the held-out targets, and the
-fitted components (Compute per model, Components in all). See harness.report.costmodel."""
+fitted components (Compute per model, Components in all). See harness.predict.costmodel."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.report.payload_model import HEADER_BYTES
+from harness.measure.payload import HEADER_BYTES
 
 LATENCY_TARGET = 0.10   # issue 13: held-out latency within 10%
 BYTES_TARGET = 0.01     # ... and bytes within 1%

@@ -1,16 +1,15 @@
 """Prediction of a cell's latency and bytes from fitted Components (predict, weight_load), and compute
 scaled to another model or GPU from public specifications (GPUS, roofline, scale_compute).
-See harness.report.costmodel."""
+See harness.predict.costmodel."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
 
 from harness.compute.modes import MODES
-from harness.report.costmodel.points import Link, Point
-from harness.report.costmodel.terms import Components, Compute
-from harness.report.payload_model import CLOSURE_MIN_PAYLOAD, Shape, cell_payload
-
+from harness.measure.payload import CLOSURE_MIN_PAYLOAD, Shape, cell_payload
+from harness.predict.costmodel.points import Link, Point
+from harness.predict.costmodel.terms import Components, Compute
 
 # --- public specifications of GPUs (datasheets), used only to scale compute to another GPU ---------------
 
