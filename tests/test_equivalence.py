@@ -189,3 +189,26 @@ def test_a_captured_prompt_replays_its_eager_run(name):
         graphs.release(slot)
     assert runs[0][0] == runs[1][0], runs
     assert runs[1][1] is runs[0][1] and sorted(runs[1][1].graphs) == [1, 16], "the pooled slot replays its graphs"
+
+
+def test_weights_sent_in_chunks_compute_what_one_message_does(gap_testbed):
+    """A GPU worker takes the stateless call's weights in chunks (load_chunk_remote) that land while
+    later ones still travel; forced here on the CPU, with chunks far smaller than a buffer, it gives
+    the one-message path's tokens and bytes, and a forward whose chunks did not all land is refused."""
+    from harness.compute.calls import call
+    from harness.compute.packing import Chunked, chunks
+    spec = ModelSpec("tiny-llama")
+    model = build_model(spec, "cpu")
+    worker = gap_testbed.worker(spec)
+    prompt = prompt_ids(load_config(spec), 16, seed=0)
+    whole = NaiveBackend(worker, model.state_dict())
+    assert whole.chunks is None, "a CPU worker takes the weights whole"
+    one = run_phase(whole, prompt, "decode", 4)
+    chunked = NaiveBackend(worker, model.state_dict())
+    chunked.chunks = chunks(chunked.weights, 1 << 20)
+    assert len(chunked.chunks) > 3
+    many = run_phase(chunked, prompt, "decode", 4)
+    assert many.tokens == one.tokens and many.payload_tx_bytes == one.payload_tx_bytes
+    call(worker, "load_chunk_remote", 99, chunked.chunks[0])
+    with pytest.raises(RuntimeError, match="send every chunk"):
+        call(worker, "run_stateless_forward_remote", Chunked(99, chunked.nbytes), prompt, None)

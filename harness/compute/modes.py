@@ -93,10 +93,14 @@ class NaiveBackend:
 
     def __init__(self, worker, state_dict: dict | Packed):
         self.worker = worker  # harness.compute.calls.WorkerHandle
-        # one buffer per dtype (harness.compute.packing.Packed), sent in chunks whose loads on the
-        # GPU host overlap the later chunks' arrival; the whole state on every call all the same
-        self.chunks = chunks(as_packed(state_dict))
-        self.nbytes = sum(c.data.numel() for c in self.chunks)
+        # one buffer per dtype (harness.compute.packing.Packed). To a GPU worker it goes in chunks,
+        # whose copies to the device overlap the later chunks' arrival (the bus has its own copy
+        # engine); a CPU worker's load is a memcpy on the cores that receive, so there it goes
+        # whole, one message. The whole state on every call either way.
+        self.weights = as_packed(state_dict)
+        cuda = str(call(worker, "device_remote")).startswith("cuda")
+        self.chunks = chunks(self.weights) if cuda else None
+        self.nbytes = sum(b.nbytes for b in self.weights.buffers.values())
         self.calls = 0
         self.tally = Tally()
         self.kv = None                        # Packed, as the worker sent it back
@@ -105,11 +109,14 @@ class NaiveBackend:
         """One stateless forward: every chunk of the weights sent at once, then, once they have
         landed, the ids and the KV cache with the call (its stamps span the whole exchange)."""
         self.calls += 1
-        sent = (self.chunks, ids, self.kv)
+        sent = (self.chunks or self.weights, ids, self.kv)
         t0 = time.time()
-        loads = call_each(self.worker, "load_chunk_remote", [(self.calls, c) for c in self.chunks])
-        reply = call(self.worker, "run_stateless_forward_remote", Chunked(self.calls, self.nbytes), ids, self.kv)
-        reply = reply._replace(server_s={**reply.server_s, "chunk_load_s": sum(loads)})
+        if self.chunks:
+            loads = call_each(self.worker, "load_chunk_remote", [(self.calls, c) for c in self.chunks])
+            reply = call(self.worker, "run_stateless_forward_remote", Chunked(self.calls, self.nbytes), ids, self.kv)
+            reply = reply._replace(server_s={**reply.server_s, "chunk_load_s": sum(loads)})
+        else:
+            reply = call(self.worker, "run_stateless_forward_remote", self.weights, ids, self.kv)
         t1 = time.time()
         self.kv = reply.kv_cache
         self.tally.add_call(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)), reply, t0, t1)

@@ -235,6 +235,9 @@ class RemoteWorker:
         positions (harness.compute.floor)."""
         return floor.measure(self.model, positions, batch).to_dict()
 
+    def device_remote(self) -> str:
+        return str(self.device)
+
     def key_remote(self) -> str:
         return self.key
 
