@@ -11,7 +11,7 @@ from fixtures.cells import baseline_gate, report_target_misses
 from fixtures.options import suite_options
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
-from harness.report.invariants import check_cell, target_misses
+from harness.report.invariants import busy_host_misses, check_cell, target_misses
 
 CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
 IDLE_S = 0.005  # a decode step's length where the run has no local decode cell: within the range
@@ -64,7 +64,7 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, memory_floor, r
     gap_results[info.name] = info
     failures = check_cell(info, gap_results.values()) + baseline_gate(request.config, request.node.name, info)
     assert not failures, "\n".join(failures)
-    report_target_misses(target_misses(info), opts.strict)
+    report_target_misses(target_misses(info) + busy_host_misses(info, gap_results.values()), opts.strict)
 
 
 @pytest.mark.cell

@@ -1,5 +1,7 @@
-"""The suite's plain library (no pytest here; fixtures/ wraps it). Rooms, each importing only from
-the rooms above it in this list (tests/test_layers.py checks it); the modules at the end sit on top.
+"""The suite's plain library (no pytest here; fixtures/ wraps it). Rooms that import one way
+(tests/test_layers.py checks it): testbed from compute; measure from testbed and compute; report
+from measure and compute; predict from report, measure and compute; the modules at the end sit on
+top and import any room.
 
 compute/   what runs the model, on either host
     models.py     presets with deterministic random weights, building, one forward step

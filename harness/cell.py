@@ -18,6 +18,7 @@ import torch
 from harness.compute.modes import MODES
 from harness.compute.phase import Backend, PhaseResult, run_phase
 from harness.measure.dissect import dissect
+from harness.measure.hostload import LoadWindow
 from harness.measure.probe import ProbeReading, RoundProbe, UtilWindow
 from harness.measure.results import CellContext, CellInfo, CellSummary
 from harness.measure.timeline import call_timeline
@@ -88,10 +89,12 @@ class Cell:
     context: CellContext | None = None
     records: list[RoundRecord] = field(default_factory=list)
     window: UtilWindow | None = None  # utilization over back-to-back runs (measure_utilization)
+    host: LoadWindow | None = None    # the host's load from the first round on
     _pending: PhaseResult | None = None
 
     def setup(self, capture: bool | None = None):
         self._pending = None
+        self.host = self.host or LoadWindow().start()
         self.probe.start(MODES[self.cfg.mode].captured_while_timed if capture is None else capture)
         return (), {}
 
@@ -168,7 +171,7 @@ class Cell:
         captured = [r for r in rounds if not r["timed"]]
         return CellInfo(self.cfg.mode, self.cfg.phase, self.cfg.steps, self.cfg.model, self.cfg.dtype,
                         self.probe.link.label, rounds, CellSummary.of(timed, window, captured or None),
-                        None if load is None else asdict(load))
+                        None if load is None else asdict(load), self.host and self.host.stop().to_dict())
 
     @property
     def measured(self) -> list[RoundRecord]:

@@ -134,3 +134,38 @@ def test_the_compiled_peer_runs_in_a_process_of_its_own():
     assert set(out) == {"compile_s", "tpot_s", "tpot_all_s"} and len(out["tpot_all_s"]) == 2 and out["tpot_s"] > 0
     with pytest.raises(RuntimeError, match="its own process"):
         peer.run(ModelSpec("tiny", "fp32"), prompt_len=8, steps=3, repeats=1, batch=1, device="nodevice")
+
+
+def test_the_engine_gives_the_local_model_the_workers_layout():
+    """The worker's parameters are one buffer per dtype (FlatParams), which makes q, k, v one
+    product; a local model's lie apart until the compact engine lays them out the same way, so
+    that the local loop runs the worker's products, with the same tokens."""
+    spec = ModelSpec("tiny-llama", "fp32")
+    model = build_model(spec, "cpu")
+    assert compact.apart(model)
+    prompt = prompt_ids(load_config(spec), 16, seed=0)
+    before = decode(Engine(model, EngineSpec("static", 16 + STEPS + 1)), prompt)[0]
+    engine = Engine(model, EngineSpec("compact", 16 + STEPS + 1))
+    assert not compact.apart(model) and engine.code.layers[0]["qkv_fused"] is not None
+    assert decode(engine, prompt)[0] == before
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 64},
+                                  {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}])
+def test_a_rope_type_fixed_at_load_computes_transformers_rotary(rope):
+    """Llama-3's and YaRN's rotary: frequencies (and YaRN's attention scaling) fixed when the model
+    is built, so the compact code's table per position gives transformers' logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rope_parameters={"rope_theta": 10000.0, **rope}, initializer_range=0.1)
+    model = LlamaForCausalLM(cfg).eval()
+    assert compact.supported(model) is None
+    prompt = torch.randint(0, 512, (1, 24))
+    ref = decode(Engine(model, EngineSpec("static", 24 + STEPS + 1)), prompt)
+    got = decode(Engine(model, EngineSpec("compact", 24 + STEPS + 1)), prompt)
+    assert got[0] == ref[0]
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

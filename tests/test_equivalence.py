@@ -193,22 +193,28 @@ def test_a_captured_prompt_replays_its_eager_run(name):
 
 def test_weights_sent_in_chunks_compute_what_one_message_does(gap_testbed):
     """A GPU worker takes the stateless call's weights in chunks (load_chunk_remote) that land while
-    later ones still travel; forced here on the CPU, with chunks far smaller than a buffer, it gives
-    the one-message path's tokens and bytes, and a forward whose chunks did not all land is refused."""
+    later ones still travel; forced here on the CPU, with chunks far smaller than a buffer, they
+    land where one message's would: after other weights held the worker's parameters, the chunked
+    call gives the one-message call's tokens and payload, and other weights in chunks give other
+    tokens. A forward whose chunks did not all land is refused."""
     from harness.compute.calls import call
     from harness.compute.packing import Chunked, chunks
     spec = ModelSpec("tiny-llama")
-    model = build_model(spec, "cpu")
     worker = gap_testbed.worker(spec)
     prompt = prompt_ids(load_config(spec), 16, seed=0)
-    whole = NaiveBackend(worker, model.state_dict())
-    assert whole.chunks is None, "a CPU worker takes the weights whole"
-    one = run_phase(whole, prompt, "decode", 4)
-    chunked = NaiveBackend(worker, model.state_dict())
-    chunked.chunks = chunks(chunked.weights, 1 << 20)
-    assert len(chunked.chunks) > 3
-    many = run_phase(chunked, prompt, "decode", 4)
+
+    def backend(seed: int, chunked: bool):
+        b = NaiveBackend(worker, build_model(ModelSpec(spec.name, seed=seed), "cpu").state_dict())
+        assert b.chunks is None, "a CPU worker takes the weights whole"
+        b.chunks = chunks(b.weights, 1 << 20) if chunked else None
+        return b
+    one = run_phase(backend(0, False), prompt, "decode", 4)
+    run_phase(backend(1, False), prompt, "decode", 4)  # the worker's parameters now hold other weights
+    seed0 = backend(0, True)
+    assert len(seed0.chunks) > 3
+    many = run_phase(seed0, prompt, "decode", 4)
     assert many.tokens == one.tokens and many.payload_tx_bytes == one.payload_tx_bytes
-    call(worker, "load_chunk_remote", 99, chunked.chunks[0])
+    assert run_phase(backend(1, True), prompt, "decode", 4).tokens != one.tokens, "other weights landed"
+    call(worker, "load_chunk_remote", "partial", seed0.chunks[0])
     with pytest.raises(RuntimeError, match="send every chunk"):
-        call(worker, "run_stateless_forward_remote", Chunked(99, chunked.nbytes), prompt, None)
+        call(worker, "run_stateless_forward_remote", Chunked("partial", seed0.nbytes), prompt, None)

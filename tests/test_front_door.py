@@ -69,15 +69,28 @@ def test_a_planted_missing_path_is_found():
 
 
 def _parses(argv: list[str]) -> subprocess.CompletedProcess:
-    """--help for a module or script; pytest --collect-only with its options (outputs dropped)."""
+    """pytest --collect-only with the command's options (outputs dropped); run_llm.py and the
+    sweep through their own parsers with the command's arguments (in a child, for argparse's exit);
+    any other module or script, or one named bare: --help."""
     argv = [sys.executable, *argv[1:]]
     if argv[1:3] == ["-m", "pytest"]:
         args = [a for a in argv[3:] if not a.startswith(("--benchmark-json", "-n"))
                 and a not in ("2",)]
         argv = [*argv[:3], *args, "--collect-only", "-q", "-p", "no:xdist", "-p", "no:cacheprovider"]
+    elif (argv[1] == "run_llm.py" and argv[2:]) or (argv[1:3] == ["-m", "harness.sweep"] and argv[3:]):
+        rest = argv[2:] if argv[1] == "run_llm.py" else argv[3:]
+        parse = ("import run_llm; run_llm.parse_args(sys.argv[1:])" if argv[1] == "run_llm.py"
+                 else "from harness import sweep; sweep.parser().parse_args(sys.argv[1:])")
+        argv = [sys.executable, "-c", "import sys; " + parse, *rest]
     else:
         argv = [*argv[:3 if argv[1] == "-m" else 2], "--help"]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_removed_flag_in_a_shown_command_fails():
+    assert _parses(["python", "run_llm.py", "--mode", "local", "--phase", "decode"]).returncode == 0
+    assert _parses(["python", "run_llm.py", "--mode", "local", "--phase", "decode", "--decode-steps", "3"]).returncode
+    assert _parses(["python", "-m", "harness.sweep", "--out", "x", "--rtt-ms", "0"]).returncode
 
 
 def workflow_runs(path: Path) -> str:

@@ -189,6 +189,20 @@ def test_bytes_gate_passes_against_itself(smoke, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
+def test_a_baseline_of_another_setup_is_refused(smoke, tmp_path):
+    """The gate compares like with like: a baseline that ran another engine fails every gated cell
+    in one line saying what differs, whatever its bytes."""
+    baseline = copy.deepcopy(smoke[1])
+    baseline["machine_info"]["semantic_gap"]["engine"] = "graphs"
+    storage = tmp_path / "storage" / "other"
+    storage.mkdir(parents=True)
+    (storage / "0001_other.json").write_text(json.dumps(baseline))
+    proc = run_suite("-k", "prefill-naive", f"--benchmark-compare={storage / '0001_other.json'}",
+                     "--gap-compare-fail=bytes:5%", "--gap-rounds", "1", "--gap-warmup", "0")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "the baseline ran engine graphs, this run engine eager" in proc.stdout, proc.stdout[-3000:]
+
+
 def test_cells_refuse_to_run_concurrently():
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "-p", "no:cacheprovider", *SMOKE]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env())

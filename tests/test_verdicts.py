@@ -186,7 +186,9 @@ def test_the_catalog_says_whether_the_harness_changed_since_a_run():
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     first = subprocess.run(["git", "-C", str(REPO), "rev-list", "--max-parents=0", "HEAD"],
                            capture_output=True, text=True).stdout.split()[0]
-    assert harness_since(head, REPO) == "same" and harness_since(first, REPO) == "changed"
+    tree = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "harness", "fixtures", "benchmarks"])
+    assert harness_since(head, REPO) == ("same" if tree.returncode == 0 else "changed")
+    assert harness_since(first, REPO) == "changed"
     assert harness_since("0" * 40, REPO) == "unknown"
 
 
@@ -309,3 +311,30 @@ def test_a_capture_round_gives_the_packet_figures_and_the_timed_rounds_the_rest(
     assert (s.link_bytes.n, s.closure_error.n) == (3, 3)
     plain = CellSummary.of(timed)  # without the capture round nothing packet-level is known
     assert plain.pcap_bytes.n == 0 and plain.analysis_share.n == 0
+
+
+def test_a_busy_host_is_named_not_measured(recwarn):
+    """local and sys_simulated compute the same function, one in the client, one in the worker:
+    where their compute times part by more than 1.5x, or local takes longer than local plus an
+    RPC beyond their spreads, the later cell warns (fails under --gap-strict) in one line, and the
+    table marks both; where they agree, nothing does."""
+    from harness.report.invariants import busy_host_misses
+    from harness.report.tables import BUSY_MARK, full_report
+
+    def with_compute(mode, compute_s, latency_s):
+        rounds = [round_record(mode, "decode", latency_s=latency_s) | {"server_s": {"compute_s": compute_s}}
+                  for _ in range(3)]
+        return cell(mode, rounds=rounds)
+    busy_local, worker = with_compute("local", 0.9, 1.0), with_compute("sys_simulated", 0.3, 0.4)
+    misses = busy_host_misses(worker, [busy_local, worker])
+    assert len(misses) == 2 and "3.0x apart" in misses[0] and "longer than sys_simulated's" in misses[1]
+    assert all("busy host" in m and "\n" not in m for m in misses)
+    assert busy_host_misses(busy_local, [busy_local]) == [], "alone, a cell has nothing to agree with"
+    report = full_report([busy_local, worker])
+    assert report.count(BUSY_MARK.strip()) == 2 + 1, "both latencies marked, and one line saying why"
+    calm = with_compute("local", 0.3, 0.35)
+    assert busy_host_misses(worker, [calm, worker]) == [] and BUSY_MARK not in full_report([calm, worker])
+    with pytest.raises(pytest.fail.Exception, match="--gap-strict: decode: the same forwards"):
+        report_target_misses(misses, strict=True)
+    report_target_misses(misses, strict=False)
+    assert len([w for w in recwarn if issubclass(w.category, HarnessTargetMissed)]) == 2

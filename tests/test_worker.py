@@ -235,3 +235,28 @@ def test_many_sessions_leave_nothing(client, worker):
     assert len(worker.caches) == 0
     grown = proc.memory_info().rss - rss0
     assert grown < 50 * 2**20, f"RSS grew {grown / 2**20:.1f} MB over 199 sessions"
+
+
+@pytest.mark.parametrize("engine", ["static", "compact"])
+def test_a_warm_up_on_uninitialised_weights_leaves_nothing_behind(client, engine, monkeypatch):
+    """warm_remote runs the engine on the skeleton's weights before any arrive, and on a GPU those
+    are whatever memory held (NaN among it). A static cache is read whole behind its mask, and a
+    masked NaN still poisons a row, so the warm-up's slot is zeroed (Engine.clear): after it, the
+    first session gives a fresh worker's tokens; without it, it would not."""
+    from harness.compute.engine import Engine, EngineSpec
+    from harness.compute.packing import pack
+    spec, _, sd, _, prompt = client("tiny-llama")
+
+    def first_tokens(warm: bool) -> list:
+        worker = RemoteWorker(spec, "cpu", EngineSpec(engine, PROMPT_LEN + 4))
+        for buf in worker.params.store.buffers.values():
+            buf.fill_(float("nan"))
+        if warm:
+            worker.warm_remote(PROMPT_LEN)
+        worker.load_weights_remote(pack(sd))
+        return worker.run_prefill_remote(prompt, True).tokens
+    fresh = first_tokens(False)
+    assert first_tokens(True) == fresh
+    if engine == "compact":  # its attention reads every position (transformers' CPU prefill here does not)
+        monkeypatch.setattr(Engine, "clear", lambda self, slot: None)
+        assert first_tokens(True) != fresh, "without the clear the warm-up's NaN reaches the first session"

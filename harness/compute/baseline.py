@@ -20,11 +20,12 @@ def loop_tpot_s(backend, prompt, steps: int) -> float:
 
 def compare(model, prompt, steps: int, engine: EngineSpec = EngineSpec(), repeats: int = 3,
             spec=None) -> dict:
-    """The local loop's time per token against generate()'s, alternating so drift on a shared
-    machine hits both alike; medians. On CUDA the peer is generate()'s compiled static-cache step,
-    timed in a process of its own (harness.compute.peer says why; spec: the model it builds, the
-    same as this one), its compilation apart, and the uncompiled generate() here is a second row;
-    elsewhere generate() does not compile and the uncompiled one is the peer. One local backend
+    """The local loop's time per token against generate()'s, medians. The loop and the uncompiled
+    generate() alternate, so drift on a shared machine hits both alike. On CUDA the peer is
+    generate()'s compiled static-cache step, timed after them in a process of its own
+    (harness.compute.peer says why; spec: the model it builds, the same as this one), its
+    compilation apart, and the uncompiled one is a second row; elsewhere generate() does not
+    compile and the uncompiled one is the peer. One local backend
     for every repeat: its slot, and a captured graph, are made once, in the warm-up."""
     engine = resolved(engine, model)
     device = next(model.parameters()).device

@@ -54,12 +54,16 @@ def call(worker, method: str, *args):
 def call_each(worker, method: str, args: list[tuple]) -> list:
     """worker.method(*a) for every a in args, all sent at once (each message queued behind the
     last), then waited for; results in order, failures reworded as call's."""
-    import torch
-    try:
-        futures = [getattr(worker.rpc_async(), method)(*a) for a in args]
-        return torch.futures.wait_all(futures)
-    except RuntimeError as e:
-        raise explain(e) from e
+    futures = [getattr(worker.rpc_async(), method)(*a) for a in args]
+    results, error = [], None
+    for f in futures:  # every one waited for, so that none is still in flight when this returns
+        try:
+            results.append(f.wait())
+        except RuntimeError as e:
+            error = error or e
+    if error:
+        raise explain(error) from error
+    return results
 
 
 class WorkerLost(RuntimeError):

@@ -42,6 +42,13 @@ def supported(model) -> str | None:
     return CODE[cls].unsupported(model.config)
 
 
+def apart(model) -> bool:
+    """Whether the projections the code serves with one product (Llama's q, k, v; gate, up) lie
+    apart in memory in this model (then they need FlatParams' layout to be one product)."""
+    code = CODE.get(type(model).__name__)
+    return code is LlamaCode and any(_adjacent(*ws) is None for ws in LlamaCode.fused(model.model.layers[0]))
+
+
 def compact_code(model, max_len: int, batch: int) -> "LlamaCode | GPT2Code":
     why = supported(model)
     if why:
@@ -87,7 +94,13 @@ def _attend(q, keys, values, mask, scale: float) -> torch.Tensor:
     kvh = keys.shape[1]
     out = F.scaled_dot_product_attention(q.reshape(b, kvh, h // kvh * n, hd), keys, values,
                                          attn_mask=mask, scale=scale)
-    return out.view(b, h, n, hd).transpose(1, 2).reshape(b, n, h * hd)
+    return out.reshape(b, h, n, hd).transpose(1, 2).reshape(b, n, h * hd)  # a kernel may return it strided
+
+
+# rope types whose frequencies transformers fixes when it builds the model (inv_freq and
+# attention_scaling), so that a table per position is its forward; dynamic ones re-derive them
+# from the sequence's length at every forward
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 class LlamaCode:
@@ -96,8 +109,8 @@ class LlamaCode:
     @staticmethod
     def unsupported(cfg) -> str | None:
         rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
-        if rope != "default":
-            return f"rope_type {rope!r} (the compact code has the default rotary only)"
+        if rope not in STATIC_ROPE:
+            return f"rope_type {rope!r} (the compact code takes rotary frequencies fixed at load: {', '.join(STATIC_ROPE)})"
         if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
             return "biased projections"
         if cfg.hidden_act != "silu":
@@ -115,14 +128,23 @@ class LlamaCode:
         self.norm = model.model.norm.weight
         self.lm_head = model.lm_head.weight
         self.layers = [self._layer(layer) for layer in model.model.layers]
-        # transformers' rotary per position, as a table: the same fp32 ops per element, then its cast
-        freqs = torch.arange(max_len, device=self.device).float()[:, None] * model.model.rotary_emb.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1) * model.model.rotary_emb.attention_scaling
-        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)  # [max_len, head_dim]
+        # transformers' rotary per position, as a table: its inv_freq (which its rope type's init
+        # made), the same fp32 ops per element, then its scaling and its cast
+        rotary = model.model.rotary_emb
+        freqs = torch.arange(max_len, device=self.device).float()[:, None] * rotary.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * rotary.attention_scaling).to(self.dtype)  # [max_len, head_dim]
+        self.sin = (emb.sin() * rotary.attention_scaling).to(self.dtype)
+
+    @staticmethod
+    def fused(layer) -> tuple[tuple, tuple]:
+        """The weights one product serves: (q, k, v), (gate, up)."""
+        a, m = layer.self_attn, layer.mlp
+        return (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight), (m.gate_proj.weight, m.up_proj.weight)
 
     def _layer(self, layer) -> dict:
         a, m = layer.self_attn, layer.mlp
-        qkv, gate_up = (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight), (m.gate_proj.weight, m.up_proj.weight)
+        qkv, gate_up = self.fused(layer)
         return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
                 "qkv": qkv, "qkv_fused": _adjacent(*qkv), "o": a.o_proj.weight,
                 "gate_up": gate_up, "gate_up_fused": _adjacent(*gate_up), "down": m.down_proj.weight}

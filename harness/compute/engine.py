@@ -38,12 +38,11 @@ import torch
 from harness.compute import compact
 from harness.compute import threads as host_threads
 from harness.compute.models import forward_step
-from harness.compute.staging import SmallPinned
+from harness.compute.staging import FlatParams, SmallPinned
 from harness.errors import UsageError
 
 ENGINES = ("eager", "static", "graphs", "graphs-all", "compact")
 GRAPHS = ("graphs", "graphs-all")  # the engines that need CUDA (compact captures graphs where it has it)
-CAPTURES = (*GRAPHS, "compact")
 AUTO = "auto"  # on a CUDA device compact (graphs-all where compact does not cover the model), else eager
 
 
@@ -109,6 +108,10 @@ def _compact(model, spec: EngineSpec, cuda: bool):
     per_model = _COMPILED.setdefault(model, {})
     key = (spec.max_len, spec.batch)
     if key not in per_model:
+        if compact.apart(model):
+            # lay the weights out as the worker's are (FlatParams, one buffer per dtype), so that
+            # the local loop runs the worker's products: one for q, k, v and one for gate, up
+            FlatParams(model)
         code = compact.compact_code(model, spec.max_len, spec.batch)
         step = prompt = code.forward
         if cuda:

@@ -5,7 +5,9 @@ is bound by memory bandwidth, so its floor is the bytes it must stream over the 
 Three figures, each measured here and now (a datasheet rate is a lead, not a floor):
 - read_gbps: a plain read (a sum) of a buffer of the streamed bytes' size;
 - streamed_bytes: every matrix the step reads (input embedding tables read one row and are left
-  out; a head tied to one is counted, once) plus the KV cache it attends over;
+  out; a head tied to one is counted, once) plus the KV cache it attends over: the filled
+  positions, the least any engine must read (a static cache's masked positions, which an engine
+  reads too, are time beyond the floor, not part of it);
 - gemv_chain_s: batch-1 products over the model's own linear weights, one after another, replayed
   as one CUDA graph: what the matrix library alone reaches, with nothing between the products.
 """

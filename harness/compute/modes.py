@@ -18,6 +18,7 @@ Remote backends count the payload they send and receive from the tensors themsel
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from harness.compute.calls import call, call_each
@@ -101,25 +102,28 @@ class NaiveBackend:
         cuda = str(call(worker, "device_remote")).startswith("cuda")
         self.chunks = chunks(self.weights) if cuda else None
         self.nbytes = sum(b.nbytes for b in self.weights.buffers.values())
-        self.calls = 0
+        self.session, self.calls = uuid.uuid4().hex, 0  # a call's id: unique across backends and workers
         self.tally = Tally()
         self.kv = None                        # Packed, as the worker sent it back
 
     def _call(self, ids):
-        """One stateless forward: every chunk of the weights sent at once, then, once they have
-        landed, the ids and the KV cache with the call (its stamps span the whole exchange)."""
+        """One stateless forward. To a GPU worker every chunk of the weights goes at once, then,
+        once all have landed, the ids and the KV cache with the call: the client's stamps span the
+        whole exchange, the server's the forward alone, so the chunks' loads, which overlap their
+        arrival, are inside the call's transport time (and, summed, in server_s chunk_load_s)."""
         self.calls += 1
-        sent = (self.chunks or self.weights, ids, self.kv)
         t0 = time.time()
         if self.chunks:
-            loads = call_each(self.worker, "load_chunk_remote", [(self.calls, c) for c in self.chunks])
-            reply = call(self.worker, "run_stateless_forward_remote", Chunked(self.calls, self.nbytes), ids, self.kv)
+            call_id = f"{self.session}-{self.calls}"
+            loads = call_each(self.worker, "load_chunk_remote", [(call_id, c) for c in self.chunks])
+            reply = call(self.worker, "run_stateless_forward_remote", Chunked(call_id, self.nbytes), ids, self.kv)
             reply = reply._replace(server_s={**reply.server_s, "chunk_load_s": sum(loads)})
         else:
             reply = call(self.worker, "run_stateless_forward_remote", self.weights, ids, self.kv)
         t1 = time.time()
+        sent_bytes = self.nbytes + tensor_bytes((ids, self.kv))  # the weights' bytes never change
         self.kv = reply.kv_cache
-        self.tally.add_call(tensor_bytes(sent), tensor_bytes((reply.logits, reply.kv_cache)), reply, t0, t1)
+        self.tally.add_call(sent_bytes, tensor_bytes((reply.logits, reply.kv_cache)), reply, t0, t1)
         tokens = greedy(reply.logits)
         self.tally.client_s += time.time() - t1
         return tokens

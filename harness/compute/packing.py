@@ -108,8 +108,8 @@ class Chunk(NamedTuple):
 
 class Chunked(NamedTuple):
     """In a stateless call, in place of its weights: they were sent ahead as chunks under this
-    call number (harness.compute.worker.RemoteWorker.load_chunk_remote), nbytes in all."""
-    call: int
+    call's id (harness.compute.worker.RemoteWorker.load_chunk_remote), nbytes in all."""
+    call: str
     nbytes: int
 
 

@@ -45,7 +45,8 @@ class Reply(NamedTuple):
     logits: torch.Tensor | None          # [batch, vocab] on the CPU, model dtype; None when tokens are sent
     kv_cache: Packed | list | None = None  # stateless: the whole new cache on the CPU (pack_kv); echo: a list
     kv_cache_id: str | None = None       # stateful only
-    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","gpu_span_s","d2h_s","dispatch_s"}
+    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","gpu_span_s","d2h_s","dispatch_s"}, and
+                                         # the client adds "chunk_load_s" for chunks loaded ahead of the call
     stamps_s: tuple | None = None        # (entered, left): the server's time.time() around the method
     tokens: list | None = None           # greedy=True: the next token per sequence (batch ints), taken here
 
@@ -112,7 +113,7 @@ class RemoteWorker:
         self.staging = HostStaging(self.device, pin_received=hostmem.POLICY == "keep")
         self.staging.reserve(max(b.nbytes for b in self.params.store.buffers.values()))
         self.weights_loaded = False
-        self._call, self._landed = None, 0  # the stateless call whose chunks are landing, and its bytes so far
+        self._landing: tuple[str | None, dict] = (None, {})  # a stateless call's id, its chunks landed: (dtype, offset) -> bytes
         self.caches: dict[str, object] = {}
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
@@ -129,13 +130,13 @@ class RemoteWorker:
         API-remoting layer forwarding a copy per piece). Synchronised before returning: the
         receive buffer is torch RPC's, freed once this returns. Returns its seconds here."""
         clock = Clock(self.device)
-        if call != self._call:
-            self._call, self._landed = call, 0
+        if call != self._landing[0]:
+            self._landing = (call, {})
         dst = self.params.store.buffers[chunk.dtype].view(torch.uint8)
         # staged, not page-locked in place: chunk buffers land at changing heap addresses, and a
         # locked range that a later pageable copy straddles fails it (harness.compute.staging.covered)
         self.staging.to_device(chunk.data, dst[chunk.offset:chunk.offset + chunk.data.numel()])
-        self._landed += chunk.data.numel()
+        self._landing[1][chunk.dtype, chunk.offset] = chunk.data.numel()
         self.weights_loaded = False  # what a stateless call loads is not ours to keep
         clock.lap("load_s")
         return clock.split["load_s"]
@@ -211,6 +212,7 @@ class RemoteWorker:
             self.engine.release(slot)
         self.caches.clear()
         self.weights_loaded = False
+        self._landing = (None, {})
 
     @_compute_thread
     def copy_bandwidth_remote(self) -> dict:
@@ -309,10 +311,14 @@ class RemoteWorker:
                              "or transformers version on the client?)")
 
     def _require_chunks(self, chunked: Chunked) -> None:
-        if (self._call, self._landed) != (chunked.call, chunked.nbytes):
-            raise RuntimeError(f"stateless call {chunked.call}: {self._landed} of {chunked.nbytes} weight bytes "
-                               f"landed (call {self._call}): send every chunk, and wait for them, before the forward")
-        self._call, self._landed = None, 0
+        """Every byte of this call's weights landed, each once (chunks partition the buffers, so
+        distinct chunks adding up to the whole cover it); whatever the outcome, the call is over."""
+        call, landed = self._landing
+        self._landing = (None, {})
+        got = sum(landed.values()) if call == chunked.call else 0
+        if got != chunked.nbytes:
+            raise RuntimeError(f"stateless call {chunked.call}: {got} of {chunked.nbytes} weight bytes landed: "
+                               "send every chunk, and wait for them, before the forward")
 
     def _require_weights(self):
         if not self.weights_loaded:

@@ -143,6 +143,7 @@ class CellInfo:
     rounds: list[dict]                  # RoundRecord.to_dict() per round, warm-ups included
     summary: CellSummary
     weight_load: dict | None = None     # sys_simulated's one-time load (harness.compute.modes.WeightLoad)
+    host_load: dict | None = None       # the client host's load over the cell (harness.measure.hostload)
 
     @property
     def name(self) -> str:

@@ -128,9 +128,10 @@ HARNESS = ("harness", "fixtures", "benchmarks")  # the code whose change makes a
 
 
 def harness_since(commit: str, repo: Path) -> str:
-    """Whether the measuring code (HARNESS) differs between commit and HEAD: "same", "changed",
-    or "unknown" where this clone lacks the commit (a shallow one)."""
-    out = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", commit, "HEAD", "--", *HARNESS],
+    """Whether the measuring code (HARNESS) differs between commit and the tree the catalog is
+    written from: "same", "changed", or "unknown" where this clone lacks the commit (a shallow
+    one). The tree, not HEAD: a catalog regenerated before a commit is then true of that commit."""
+    out = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", commit, "--", *HARNESS],
                          capture_output=True, text=True)
     return {0: "same", 1: "changed"}.get(out.returncode, "unknown")
 

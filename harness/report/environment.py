@@ -51,7 +51,7 @@ def changed_files(repo: Path) -> list[str] | None:
 
 def link_emulation(link) -> dict:
     """What the emulated link was given, as numbers a sweep's reader groups by (flat keys, as
-    report.costmodel reads link_rtt_ms): the line rate (None: unshaped), the round trip added to
+    predict.costmodel reads link_rtt_ms): the line rate (None: unshaped), the round trip added to
     the veth's own (0: none) and the profile named. None throughout on a real link: it has its own."""
     if link.kind != "veth":
         return {"link_rate_gbps": None, "link_rtt_ms": None, "link_profile": None}

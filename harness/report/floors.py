@@ -96,13 +96,20 @@ def _span_s(info) -> float | None:
     return sum(spans) / len(spans) if spans and None not in spans else None
 
 
-def _step_span_s(by: dict, mode: str, steps: int) -> float | None:
-    """The device's span of one decode step: the decode round's forwards less its prefill's."""
+def per_step(infos, mode: str, value):
+    """A decode step's share of value(cell), a round's figure: the decode cell's less the prefill
+    cell's, over the steps (None where a cell or its figure is missing). value may return a dict of
+    figures, each then taken apart."""
+    by = {(i.phase, i.mode): i for i in infos}
     decode, prefill = by.get(("decode", mode)), by.get(("prefill", mode))
-    if not decode or not prefill or not steps:
+    if not decode or not prefill or not decode.steps:
         return None
-    d, p = _span_s(decode), _span_s(prefill)
-    return (d - p) / steps if d is not None and p is not None else None
+    d, p = value(decode), value(prefill)
+    if d is None or p is None:
+        return None
+    if isinstance(d, dict):
+        return {k: ((d.get(k) or 0.0) - (p.get(k) or 0.0)) / decode.steps for k in d}
+    return (d - p) / decode.steps
 
 
 def memory_rows(infos, floor: dict | None) -> list[dict]:
@@ -116,7 +123,7 @@ def memory_rows(infos, floor: dict | None) -> list[dict]:
         tpot = info and info.summary.tpot_s.mean
         if not tpot:
             continue
-        span = _step_span_s(by, mode, info.steps)
+        span = per_step(infos, mode, _span_s)
         rows.append({"Mode": mode, "TPOT (ms)": f"{tpot * 1e3:.3f}",
                      "GPU span / step (ms)": _fmt(span and span * 1e3, ".3f"),
                      "Memory floor (ms)": f"{floor['floor_s'] * 1e3:.3f}",

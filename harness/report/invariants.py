@@ -17,6 +17,7 @@ ANALYSIS_FLOOR_S = 0.01     # ...once it takes longer than this: every capture a
                             # (polled every 50 ms) and stop, so a read of a few packets under this
                             # slows no run, whatever its share of a short round (docs/evidence.md)
 PROBE_OVERHEAD_MAX = 1.02   # latency with the probe on over off (benchmarks/test_harness.py)
+COMPUTE_AGREEMENT_MAX = 1.5  # the same forward's time in the client (local) and the worker (sys_simulated)
 RETRANSMISSION_NOTE = 0.01  # above this share of TCP payload, retransmissions explain closure misses
 
 
@@ -132,3 +133,39 @@ def _blind_exceeds_aware(info, others) -> list[str]:
         return []
     return [f"{info.phase}: {b.mode} moved {human_bytes(b.summary.link_bytes.mean)} <= {a.mode}'s "
             f"{human_bytes(a.summary.link_bytes.mean)}: the semantic gap vanished"]
+
+
+def _compute_s(info) -> float | None:
+    """A cell's forwards' time in its least disturbed measured round (the client's or the worker's
+    own timer): a neighbour only ever slows a round, so the fastest are what the two sides compare."""
+    values = [r["server_s"].get("compute_s") for r in info.measured]
+    return min(values) if values and None not in values else None
+
+
+def busy_host_misses(info, others) -> list[str]:
+    """Where local and sys_simulated of one phase cannot both be right: they compute the same
+    function, one in the client, one in the worker, on one machine (emulated) or two (real), so
+    their compute times agree and sys_simulated, local plus its RPC, is never faster than local.
+    When they disagree the likely cause is a busy host (other processes took its CPUs); the
+    message says how busy the client's host was during the cells, where recorded."""
+    cells = {o.mode: o for o in [*others, info] if o.phase == info.phase}
+    local, aware = cells.get("local"), cells.get("sys_simulated")
+    if info.mode not in ("local", "sys_simulated") or not local or not aware:
+        return []
+    out = []
+    a, b = _compute_s(local), _compute_s(aware)
+    if a and b and max(a, b) / min(a, b) > COMPUTE_AGREEMENT_MAX:
+        out.append(f"{info.phase}: the same forwards took {a:.4f} s in the client (local) and {b:.4f} s in the "
+                   f"worker (sys_simulated) in their fastest rounds, {max(a, b) / min(a, b):.1f}x apart (target <= "
+                   f"{COMPUTE_AGREEMENT_MAX}){_busy(local, aware)}")
+    la, sa = local.summary.latency_s, aware.summary.latency_s
+    if la.mean is not None and sa.mean is not None and la.mean - la.std > sa.mean + sa.std:
+        out.append(f"{info.phase}: local took {la.mean:.4f} ± {la.std:.4f} s, longer than sys_simulated's "
+                   f"{sa.mean:.4f} ± {sa.std:.4f} s, which is local's work plus an RPC{_busy(local, aware)}")
+    return out
+
+
+def _busy(*infos) -> str:
+    others = [i.host_load["others_share"] for i in infos if i.host_load]
+    share = f" (other processes used {max(others):.0%} of the host's CPUs during these cells)" if others else ""
+    return f": a busy host is the likely cause{share}; measure on an idle host"

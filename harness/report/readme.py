@@ -34,7 +34,7 @@ def table_block(json_path: Path, shown: str) -> str:
     card = (env.get("gpu") or {}).get("name") or f"no GPU ({data['machine_info'].get('cpu', {}).get('brand_raw', 'CPU')})"
     infos, _, _ = load_infos(json_path)
     steps = f"prefill of {env['prompt_len']} tokens, decode = prefill + {env['steps']} steps"
-    caption = (f"{env['model']} ({env['dtype']}), {card}, link {env['link']}; {steps}; commit "
+    caption = (f"{env['model']} ({env['dtype']}, engine {env['engine']}), {card}, link {env['link']}; {steps}; commit "
                f"{data['commit_info']['id'][:7]}; `{shlex.join(env['command'])}` "
                f"([all of it]({Path(shown).parent.as_posix()}/table.md)):")
     return f"{caption}\n\n{markdown_table(table_rows(infos))}\n"

@@ -9,8 +9,14 @@ from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.measure.payload import CLOSURE_TOLERANCE
 from harness.report.analysis import TIME_PARTS
-from harness.report.floors import FLOOR_COLUMNS, MEMORY_COLUMNS, floor_rows, memory_caption, memory_rows
-from harness.report.invariants import ANALYSIS_SHARE_MAX, PROBE_OVERHEAD_MAX, RETRANSMISSION_NOTE, RPC_BOUND
+from harness.report.floors import FLOOR_COLUMNS, MEMORY_COLUMNS, floor_rows, memory_caption, memory_rows, per_step
+from harness.report.invariants import (
+    ANALYSIS_SHARE_MAX,
+    PROBE_OVERHEAD_MAX,
+    RETRANSMISSION_NOTE,
+    RPC_BOUND,
+    busy_host_misses,
+)
 from harness.report.units import human_bytes
 
 COLUMNS = ["Phase", "Mode", "Latency (s)", "Network Bytes Transferred", "Avg. GPU Utilization (%)"]
@@ -40,14 +46,24 @@ def _gpu_cell(s) -> str:
     return "n/a (round < dmon's 1 s)" + ("" if nvml is None else f"; NVML {nvml:.1f}")
 
 
+BUSY_MARK = " (busy host?)"  # beside a latency that busy_host_misses doubts
+
+
+def busy_phases(infos) -> set[str]:
+    """The phases whose local and sys_simulated cells disagree as only a busy host explains."""
+    infos = list(infos)
+    return {i.phase for i in infos if i.mode == "sys_simulated" and busy_host_misses(i, infos)}
+
+
 def table_rows(infos) -> list[dict]:
     """One row per cell, in plan order; numeric columns kept beside the display strings."""
-    rows = []
+    rows, busy = [], busy_phases(infos)
     for info in sorted(infos, key=_sort_key):
         s = info.summary
+        mark = BUSY_MARK if info.phase in busy and info.mode in ("local", "sys_simulated") else ""
         rows.append({
             "Phase": info.phase, "Mode": info.mode,
-            "Latency (s)": _pm(s.latency_s, lambda v: f"{v:.4f}"),
+            "Latency (s)": _pm(s.latency_s, lambda v: f"{v:.4f}") + mark,
             "Network Bytes Transferred": _pm(s.link_bytes, human_bytes),
             "Avg. GPU Utilization (%)": _gpu_cell(s),
             "latency_s_mean": s.latency_s.mean, "latency_s_std": s.latency_s.std,
@@ -260,21 +276,11 @@ def _tpot_row(infos, noop, gap=None):
             f"{ms(extra)} (round trip {ms(noop['rtt_s'])} back to back{after}{across}{gpu})", target)
 
 
-def _per_step(infos, mode: str) -> dict | None:
-    """A decode step's mean time per part: the decode round's parts less the prefill round's, over
-    the steps (None where either cell or its breakdown is missing)."""
-    by = {(i.phase, i.mode): i for i in infos}
-    decode, prefill = by.get(("decode", mode)), by.get(("prefill", mode))
-    if not decode or not prefill or not decode.summary.time or not prefill.summary.time:
-        return None
-    return {k: ((decode.summary.time.get(k) or 0.0) - (prefill.summary.time.get(k) or 0.0)) / decode.steps
-            for k in TIME_PARTS}
-
-
 def _step_parts_row(infos, noop):
     """Where sys_simulated's time per token beyond local's goes, part by part (the time
     breakdown's parts, a decode round's less its prefill's, per step), beside the empty RPC."""
-    sys_, local = _per_step(infos, "sys_simulated"), _per_step(infos, "local")
+    parts = lambda info: {k: info.summary.time.get(k) for k in TIME_PARTS} if info.summary.time else None
+    sys_, local = per_step(infos, "sys_simulated", parts), per_step(infos, "local", parts)
     if not sys_ or not local:
         return None
     diff = {k: sys_[k] - local[k] for k in TIME_PARTS}
@@ -347,8 +353,10 @@ def full_report(infos, controls: dict | None = None, env: dict | None = None) ->
     floors = floor_rows(infos, controls, env)
     memory = memory_rows(infos, env.get("memory_floor"))
     gaps = gap_rows(infos)
+    busy = [m for i in infos if i.mode == "sys_simulated" for m in busy_host_misses(i, infos)]
     return "\n\n".join([
         markdown_table(table_rows(infos)),
+        *([f"{BUSY_MARK.strip()}: " + "; ".join(busy)] if busy else []),
         *(["naive ÷ sys_simulated (steady state: a round each; one session: sys_simulated's one-time "
            "weight load added to its round):\n" + markdown_table(gaps, GAP_COLUMNS)] if gaps else []),
         "Measurement checks (means over measured rounds; iperf3 with as many streams as the RPC "
