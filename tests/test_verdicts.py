@@ -338,3 +338,18 @@ def test_a_busy_host_is_named_not_measured(recwarn):
         report_target_misses(misses, strict=True)
     report_target_misses(misses, strict=False)
     assert len([w for w in recwarn if issubclass(w.category, HarnessTargetMissed)]) == 2
+
+
+def test_a_cell_beside_busy_neighbours_says_so():
+    """A cell during which other processes took over a quarter of the host's CPUs warns in one
+    line, whatever its figures, and the table marks it; a quiet host's cell does not."""
+    from dataclasses import replace as with_
+    from harness.report.invariants import busy_host_misses
+    from harness.report.tables import BUSY_MARK, table_rows
+    busy = with_(cell("naive"), host_load={"others_share": 0.6})
+    quiet = with_(cell("naive"), host_load={"others_share": 0.1})
+    (miss,) = busy_host_misses(busy, [])
+    assert "other processes used 60% of the host's CPUs" in miss and "\n" not in miss
+    assert busy_host_misses(quiet, []) == [] and busy_host_misses(cell("naive"), []) == []
+    assert table_rows([busy])[0]["Latency (s)"].endswith(BUSY_MARK)
+    assert not table_rows([quiet])[0]["Latency (s)"].endswith(BUSY_MARK)

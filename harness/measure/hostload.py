@@ -39,13 +39,21 @@ def _cpu_ticks() -> tuple[int, int, int]:
     return total, total - idle - iowait, steal
 
 
+def _cpu_s(p: psutil.Process) -> float:
+    """A process's CPU seconds, with those of the children it has waited for (tools that ran and
+    exited: tcpdump, tshark, iperf3)."""
+    t = p.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _own_cpu_s() -> float:
-    """CPU seconds of this process and every child it has now (the worker and the probe's tools)."""
+    """CPU seconds of this process tree: this process, its children alive now (the worker, the
+    probe's tools), and every child any of them waited for."""
     me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
+    total = _cpu_s(me)
     for child in me.children(recursive=True):
         try:
-            total += sum(child.cpu_times()[:2])
+            total += _cpu_s(child)
         except psutil.Error:
             pass
     return total

@@ -18,6 +18,7 @@ ANALYSIS_FLOOR_S = 0.01     # ...once it takes longer than this: every capture a
                             # slows no run, whatever its share of a short round (docs/evidence.md)
 PROBE_OVERHEAD_MAX = 1.02   # latency with the probe on over off (benchmarks/test_harness.py)
 COMPUTE_AGREEMENT_MAX = 1.5  # the same forward's time in the client (local) and the worker (sys_simulated)
+OTHERS_MAX = 0.25            # of the host's CPUs that processes other than the suite's may use during a cell
 RETRANSMISSION_NOTE = 0.01  # above this share of TCP payload, retransmissions explain closure misses
 
 
@@ -143,16 +144,20 @@ def _compute_s(info) -> float | None:
 
 
 def busy_host_misses(info, others) -> list[str]:
-    """Where local and sys_simulated of one phase cannot both be right: they compute the same
-    function, one in the client, one in the worker, on one machine (emulated) or two (real), so
-    their compute times agree and sys_simulated, local plus its RPC, is never faster than local.
-    When they disagree the likely cause is a busy host (other processes took its CPUs); the
-    message says how busy the client's host was during the cells, where recorded."""
+    """A cell measured beside a busy neighbour: other processes took more than OTHERS_MAX of the
+    host's CPUs while it ran (harness.measure.hostload). And where local and sys_simulated of one
+    phase cannot both be right: they compute the same function, one in the client, one in the
+    worker, so their compute times agree and sys_simulated, local plus its RPC, is never faster
+    than local; when they disagree a busy host is the likely cause."""
+    out = []
+    share = (info.host_load or {}).get("others_share")
+    if share is not None and share > OTHERS_MAX:
+        out.append(f"{info.name}: other processes used {share:.0%} of the host's CPUs while it ran (target <= "
+                   f"{OTHERS_MAX:.0%}): its figures are the neighbours' as much as the suite's; measure on an idle host")
     cells = {o.mode: o for o in [*others, info] if o.phase == info.phase}
     local, aware = cells.get("local"), cells.get("sys_simulated")
     if info.mode not in ("local", "sys_simulated") or not local or not aware:
-        return []
-    out = []
+        return out
     a, b = _compute_s(local), _compute_s(aware)
     if a and b and max(a, b) / min(a, b) > COMPUTE_AGREEMENT_MAX:
         out.append(f"{info.phase}: the same forwards took {a:.4f} s in the client (local) and {b:.4f} s in the "

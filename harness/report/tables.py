@@ -49,18 +49,23 @@ def _gpu_cell(s) -> str:
 BUSY_MARK = " (busy host?)"  # beside a latency that busy_host_misses doubts
 
 
-def busy_phases(infos) -> set[str]:
-    """The phases whose local and sys_simulated cells disagree as only a busy host explains."""
+def busy_cells(infos) -> set[str]:
+    """The cells a busy host put in doubt: run beside busy neighbours, or local and sys_simulated
+    of a phase disagreeing as only a busy host explains (both then)."""
     infos = list(infos)
-    return {i.phase for i in infos if i.mode == "sys_simulated" and busy_host_misses(i, infos)}
+    out = {i.name for i in infos if busy_host_misses(i, [])}
+    for i in infos:
+        if i.mode == "sys_simulated" and len(busy_host_misses(i, infos)) > len(busy_host_misses(i, [])):
+            out |= {f"{i.phase}-local", i.name}
+    return out
 
 
 def table_rows(infos) -> list[dict]:
     """One row per cell, in plan order; numeric columns kept beside the display strings."""
-    rows, busy = [], busy_phases(infos)
+    rows, busy = [], busy_cells(infos)
     for info in sorted(infos, key=_sort_key):
         s = info.summary
-        mark = BUSY_MARK if info.phase in busy and info.mode in ("local", "sys_simulated") else ""
+        mark = BUSY_MARK if info.name in busy else ""
         rows.append({
             "Phase": info.phase, "Mode": info.mode,
             "Latency (s)": _pm(s.latency_s, lambda v: f"{v:.4f}") + mark,
@@ -353,7 +358,7 @@ def full_report(infos, controls: dict | None = None, env: dict | None = None) ->
     floors = floor_rows(infos, controls, env)
     memory = memory_rows(infos, env.get("memory_floor"))
     gaps = gap_rows(infos)
-    busy = [m for i in infos if i.mode == "sys_simulated" for m in busy_host_misses(i, infos)]
+    busy = [m for i in infos for m in busy_host_misses(i, infos if i.mode == "sys_simulated" else [])]
     return "\n\n".join([
         markdown_table(table_rows(infos)),
         *([f"{BUSY_MARK.strip()}: " + "; ".join(busy)] if busy else []),
