@@ -344,6 +344,7 @@ def test_a_cell_beside_busy_neighbours_says_so():
     """A cell during which other processes took over a quarter of the host's CPUs warns in one
     line, whatever its figures, and the table marks it; a quiet host's cell does not."""
     from dataclasses import replace as with_
+
     from harness.report.invariants import busy_host_misses
     from harness.report.tables import BUSY_MARK, table_rows
     busy = with_(cell("naive"), host_load={"others_share": 0.6})
