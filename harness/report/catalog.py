@@ -14,6 +14,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from harness.measure.results import SWEEP_INDEX, load_infos, point_files
@@ -108,7 +109,7 @@ def _outcome(log: Path) -> list[str]:
 
 
 EXTRAPOLATED = "README.md"  # a folder of predicted figures: its README, written by harness.predict.extrapolate
-HISTORY = "history.json"  # results/: the sets later runs replaced, and the commit that removed each
+HISTORY = "history.toml"  # results/: the sets later runs replaced, and the commit that removed each
 
 
 def describe_history(root: Path) -> str:
@@ -116,7 +117,7 @@ def describe_history(root: Path) -> str:
     path = root / HISTORY
     if not path.exists():
         return ""
-    history = json.loads(path.read_text())
+    history = tomllib.loads(path.read_text())
     lines = ["## History", "", history["note"], ""]
     for entry in history["removed"]:
         lines.append(f"- removed in {entry['commit']}, replaced by `{entry['replaced_by']}`: "
@@ -138,9 +139,9 @@ def harness_since(commit: str, repo: Path) -> str:
 
 def current_table(root: Path) -> str:
     """Every run and sweep here, with its commit and whether the harness changed since; one that
-    a later one replaces says so, and why it is kept (history.json's "kept")."""
+    a later one replaces says so, and why it is kept (history.toml's "kept")."""
     path = root / HISTORY
-    kept = {k["path"]: k for k in json.loads(path.read_text()).get("kept", [])} if path.exists() else {}
+    kept = {k["path"]: k for k in tomllib.loads(path.read_text()).get("kept", [])} if path.exists() else {}
 
     def kind(name: str, folder: Path) -> str:
         k = kept.get(str(folder.relative_to(root.parent)))
