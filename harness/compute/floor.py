@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from harness.compute.models import kv_geometry
+
 
 @dataclass(frozen=True)
 class MemoryFloor:
@@ -65,11 +67,7 @@ def matrices(model) -> list[tuple[torch.Tensor, bool]]:
 
 def kv_bytes(config, positions: int, batch: int, dtype: torch.dtype) -> int:
     """Keys and values of `positions` filled positions, every layer."""
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers, kv_heads, head_dim = kv_geometry(config)
     return 2 * layers * batch * kv_heads * positions * head_dim * torch.empty(0, dtype=dtype).element_size()
 
 

@@ -93,6 +93,14 @@ def load_config(spec: ModelSpec):
     return factory(initializer_range=INIT_STD, **kwargs)
 
 
+def kv_geometry(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head_dim) of a decoder's KV cache, from its (text) config."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return text.num_hidden_layers, kv_heads, getattr(text, "head_dim", None) or text.hidden_size // heads
+
+
 def max_positions(config) -> int:
     for key in ("n_positions", "max_position_embeddings"):
         if getattr(config, key, None):

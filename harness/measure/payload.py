@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.compute.models import kv_geometry
 from harness.compute.tokens import TOKEN_BYTES
 
 HEADER_BYTES = 66     # a packet's headers as an Ethernet interface's counters count them: 14 + IPv4 20 + TCP 32
@@ -54,13 +55,11 @@ def shape_of(config, dtype: torch.dtype) -> Shape:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     tensors = model.state_dict(keep_vars=True)
     distinct = {id(t): t for t in tensors.values()}  # tied entries are one Parameter object
+    layers, kv_heads, head_dim = kv_geometry(config)
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     elem = torch.empty(0, dtype=dtype).element_size()
     return Shape(sum(t.nbytes for t in distinct.values()), sum(t.nbytes for t in tensors.values()),
-                 text.num_hidden_layers, kv_heads, head_dim, text.vocab_size, elem)
+                 layers, kv_heads, head_dim, text.vocab_size, elem)
 
 
 @dataclass(frozen=True)
