@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -101,9 +100,11 @@ def line_pid(link) -> int:
     return found[0]
 
 
-def connect_rtt_ms(link, n: int = 21) -> float:
-    """Median of n TCP connects from the root namespace to a listener in the link's namespace
-    (connect returns on the SYN-ACK: one round trip), on the link's own addresses."""
+def connect_rtt_ms(link, n: int = 31) -> float:
+    """The fastest of n TCP connects from the root namespace to a listener in the link's namespace
+    (connect returns on the SYN-ACK: one round trip), on the link's own addresses. The fastest,
+    not the median: a delay is a floor that a busy neighbour (another test, on 2 cores) can only
+    lengthen, and it lengthens the userspace delay line's hops most."""
     code = ("import socket,sys\ns=socket.socket()\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen(64)\n"
             "print('up',flush=True)\nwhile True:\n c,_=s.accept()\n c.close()")
     server = subprocess.Popen(["ip", "netns", "exec", link.netns, sys.executable, "-c", code, link.gpu_addr, "5399"],
@@ -117,7 +118,7 @@ def connect_rtt_ms(link, n: int = 21) -> float:
                 c.connect((link.gpu_addr, 5399))
                 times.append((time.perf_counter() - t0) * 1e3)
             time.sleep(0.01)
-        return statistics.median(times)
+        return min(times)
     finally:
         server.terminate()  # ip netns exec became the python it started: this pid is the listener
         server.wait(5)
