@@ -28,6 +28,9 @@ def parse_args(argv):
     p.add_argument("--malloc", choices=("keep", "system"), default="keep",
                    help="keep: freed host memory stays in the process, so each call's receive buffers "
                         "reuse pages instead of faulting fresh ones (harness/compute/hostmem.py); system: glibc's default")
+    p.add_argument("--clients", type=int,
+                   help="serve this many client processes, which share the worker (harness.serve), until "
+                        "stdin closes; default: the one client of the suite's cells, until it shuts down")
     p.add_argument("--lifeline", action="store_true",
                    help="exit when stdin closes: the launcher (or its ssh session) is gone")
     return p.parse_args(argv)
@@ -71,6 +74,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"rpc_server: error: {e}", file=sys.stderr, flush=True)
         return 2
+    if args.clients is not None and args.clients < 1:
+        print(f"rpc_server: error: --clients {args.clients} must be >= 1", file=sys.stderr, flush=True)
+        return 2
     if args.device:
         os.environ["SGAP_DEVICE"] = args.device
     if args.malloc == "keep":
@@ -80,7 +86,11 @@ def main(argv=None) -> int:
     print(f"{READY} on {args.host}:{args.port} ({iface}, uv/{args.channel}, malloc {hostmem.POLICY}) "
           f"pid {os.getpid()}", flush=True)
     from torch.distributed import rpc as torch_rpc
-    rpc.init(cfg, rpc.WORKER_NAME, rank=0, iface=iface)
+    rpc.init(cfg, rpc.WORKER_NAME, rank=0, iface=iface, world_size=(args.clients or 1) + 1)
+    if args.clients is not None:
+        # many clients leave one by one (or are killed): no graceful shutdown can gather them all,
+        # so serve until the launcher cuts the lifeline (--lifeline exits then)
+        threading.Event().wait()
     torch_rpc.shutdown()  # serves until the client, too, calls shutdown
     print("rpc_server: client finished, exiting", flush=True)
     return 0

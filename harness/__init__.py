@@ -1,7 +1,7 @@
 """The suite's plain library (no pytest here; fixtures/ wraps it). Rooms that import one way
 (tests/test_layers.py checks it): testbed from compute; measure from testbed and compute; report
-from measure and compute; predict from report, measure and compute; the modules at the end sit on
-top and import any room.
+from measure and compute; predict from report, measure and compute; serve from report, measure,
+testbed and compute; the modules at the end sit on top and import any room.
 
 compute/   what runs the model, on either host
     models.py     presets with deterministic random weights, building, one forward step
@@ -11,6 +11,8 @@ compute/   what runs the model, on either host
     tokens.py     the greedy next token and step ids, the same function in every mode
     engine.py     how forwards run: transformers' model eagerly or captured, or the compact code
     compact.py    compact Llama and GPT-2 decoder code over a static cache (the compact engine)
+    rows.py       one batched static cache, a row per session, each at its own position
+    batcher.py    many clients' sessions on one model, their decode steps batched
     floor.py      the GPU's memory floor under a decode step, measured
     staging.py    weights in bulk through pinned memory into parameters that are one buffer;
                   small transfers through persistent pinned buffers
@@ -47,6 +49,13 @@ predict/   figures no run measured, from runs that were
     costmodel/    each cell's latency and bytes from a few fitted components; held-out evaluation
     sweepreport.py  a sweep's README: cells, the cost model's held-out errors, plots
     extrapolate.py  more decode steps than a run measured;  project.py  the plan's testbed
+serve/     many clients sharing one GPU worker (vLLM's `bench serve`, AIPerf): load and metrics
+    load.py       LoadShape: closed or open loop (gamma arrivals); each client's sessions, prompts
+    metrics.py    RequestRecord per session; summarize: tokens/s, TTFT/TPOT/ITL percentiles, goodput
+    report.py     the table per mode x clients; tokens/s and TPOT p99 against clients
+    sessions.py   one client's sessions in each mode;  client.py  one client process
+    run.py        N clients against one worker (started for them), what each recorded
+    checks.py     every session's tokens against the one-session local loop's
 cell.py    one mode x phase cell as pytest-benchmark drives it
 sweep.py   `python -m harness.sweep`: one suite run per point of a grid, resumable
 options.py the suite's options (also run_llm.py's), validated once;  errors.py  UsageError

@@ -23,6 +23,7 @@ GROUPS = {  # the options' groups, as pytest-benchmark groups its own: key -> ti
     "measurement": "semantic gap: what each cell measures",
     "link": "semantic gap: the link and the two hosts",
     "output": "semantic gap: verdicts and baselines",
+    "clients": "semantic gap: many clients sharing one worker (benchmarks/test_clients.py)",
 }
 
 
@@ -106,6 +107,19 @@ class SuiteOptions:
     compare_fail: tuple = opt((), "with --benchmark-compare: fail a cell whose mean bytes grew more than N% "
                               "(bytes:5%) or whose GPU utilization moved more than N points (gpu:10%)", "output",
                               metavar="METRIC:N%,...")
+    clients: tuple = opt((1, 2, 4), "client counts N the clients benchmark runs, one process each "
+                         "[{default}]", "clients", metavar="N,...")
+    client_sessions: int = opt(2, "closed loop: sessions each client runs back to back (a prefill and "
+                               "--gap-steps decode steps each) [{default}]", "clients", type=int)
+    request_rate: float | None = opt(None, "open loop: sessions per second over all clients, Poisson arrivals, "
+                                     "the N clients their concurrency limit [closed loop]", "clients", type=float)
+    burstiness: float = opt(1.0, "open loop: vLLM's burstiness, the gamma shape of the gaps between arrivals "
+                            "(1: Poisson; lower: burstier) [{default:g}]", "clients", type=float)
+    duration_s: float = opt(120.0, "seconds each clients case may run: no session starts after it, and one "
+                            "still running counts as unfinished [{default:g}]", "clients", type=float)
+    slots: int | None = opt(None, "session rows of the batched worker's cache [the case's N]", "clients", type=int)
+    slo_tpot_ms: float | None = opt(None, "goodput counts the sessions whose TPOT is within this [no goodput]",
+                                    "clients", type=float)
     plan_flags: bool = field(default=False, compare=False, repr=False)  # name flags as run_llm.py does
 
     @property
@@ -161,6 +175,7 @@ class SuiteOptions:
         if self.channel not in CHANNELS:
             raise UsageError(f"{self.flag('channel')} {self.channel!r}: use one of {', '.join(CHANNELS)}")
         self._validate_link()
+        self._validate_clients()
         embedded = not (self.gpu_host or self.gpu_addr)  # else the worker's host checks its own device
         if self.engine in GRAPHS and embedded and not self.resolved_device.startswith("cuda"):
             raise UsageError(f"{self.flag('engine')} {self.engine} captures CUDA graphs: it needs a CUDA device, "
@@ -176,6 +191,18 @@ class SuiteOptions:
             raise UsageError(f"{self.flag('prompt_len')} {self.prompt_len}{made} exceeds {self.model}'s "
                              f"context of {ctx}: lower {lower}")
         return self._with_profile()
+
+    def _validate_clients(self) -> None:
+        if not self.clients or any(n < 1 for n in self.clients):
+            raise UsageError(f"{self.flag('clients')} {','.join(map(str, self.clients))}: each must be >= 1, e.g. 1,4,16")
+        for name in ("client_sessions", "slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{self.flag(name)} {value} must be >= 1")
+        for name in ("request_rate", "burstiness", "duration_s", "slo_tpot_ms"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"{self.flag(name)} {value} must be > 0")
 
     def _with_profile(self) -> "SuiteOptions":
         """A named link sets the rate it names (_validate_profile saw that no other rate disagrees)."""
@@ -238,6 +265,16 @@ def parse_compare_fail(text: str | None) -> tuple:
                              f"{', '.join(GATE_METRICS)}), comma separated, e.g. bytes:5%,gpu:10%")
         out.append((m.group(1), float(m.group(2)) / 100))
     return tuple(out)
+
+
+def parse_counts(text) -> tuple:
+    """'1,4,16' -> (1, 4, 16); a tuple passes as it is (the field's default)."""
+    if isinstance(text, tuple):
+        return text
+    try:
+        return tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"--gap-clients {text!r}: expected whole numbers, comma separated, e.g. 1,4,16") from None
 
 
 OPTIONS: dict[str, Opt] = {f.name: f.metadata["opt"] for f in fields(SuiteOptions) if "opt" in f.metadata}

@@ -18,6 +18,7 @@ BELOW = {
     "measure": {"testbed", "compute", "errors"},
     "report": {"measure", "compute", "errors"},
     "predict": {"report", "measure", "compute", "errors"},
+    "serve": {"report", "measure", "testbed", "compute", "errors"},
 }
 TOP = {"cell", "sweep", "options"}
 

@@ -13,13 +13,15 @@ class WorkerHandle:
     after an idle wait alike (docs/evidence.md). The RRef is kept: while it lives, the worker
     does."""
 
-    def __init__(self, rref):
+    def __init__(self, rref, owner=None, key: str | None = None):
+        """rref: the worker's RRef (its key asked of it); or, with rref None, the owner (the worker's
+        process) and key of a worker another client made and shared (harness.serve)."""
         from torch.distributed import rpc
 
         from harness.compute.worker import invoke
         self.rref = rref
-        self.key = rref.rpc_sync().key_remote()  # also waits until the worker is built
-        owner, key = rref.owner(), self.key
+        self.key = key or rref.rpc_sync().key_remote()  # also waits until the worker is built
+        owner, key = owner or rref.owner(), self.key
         self._call = lambda method, args, timeout=-1.0: rpc.rpc_sync(owner, invoke, args=(key, method, *args),
                                                                      timeout=timeout)
         self._async = lambda method, args: rpc.rpc_async(owner, invoke, args=(key, method, *args))

@@ -25,7 +25,8 @@ from harness.errors import UsageError
 class Cache:
     """Per layer keys and values [batch, kv_heads, max_len, head_dim], and the filled length `pos`
     [1] int64 on the device: a forward reads it and advances it, so a replayed graph needs nothing
-    from the host. Positions at or past pos are masked."""
+    from the host. Positions at or past pos are masked. A forward also takes pos [batch], each row
+    at its own position (harness.compute.rows: sessions that joined at different times)."""
     keys: list
     values: list
     pos: torch.Tensor
@@ -78,11 +79,43 @@ def _proj(x: torch.Tensor, fused: torch.Tensor | None, ws: tuple, sizes: list[in
     return [F.linear(x, w) for w in ws]
 
 
+def _at(pos: torch.Tensor, b: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Where n new tokens of b rows go. pos [1], every row at one position (the tuned decode
+    step: these ops are its compiled kernels') -> (positions [n], None); pos [b], a position per
+    row -> (positions [b, n], rows [b, n]: each position's row, to index the cache per row).
+    pos.numel() is static under torch.compile: each kind traces a graph of its own."""
+    steps = torch.arange(n, device=pos.device)
+    if pos.numel() == 1:
+        return pos + steps, None
+    return pos[:, None] + steps, torch.arange(b, device=pos.device)[:, None].expand(b, n)
+
+
+def _table(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """table [max_len, hd] at _at's positions: [n, hd] shared by the rows, or [b, 1, n, hd] per
+    row (the 1 broadcasts over heads)."""
+    return table[positions] if positions.dim() == 1 else table[positions][:, None]
+
+
+def _store(cache: torch.Tensor, x: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None) -> None:
+    """x [b, heads, n, hd] into cache [b, heads, max_len, hd] at _at's positions, in place."""
+    if rows is None:
+        cache[:, :, positions] = x
+    else:
+        # two index tensors apart put their dims first: the slots written are [b, n, heads, hd]
+        cache[rows, :, positions] = x.transpose(1, 2)
+
+
 def _mask(positions: torch.Tensor, max_len: int, groups: int) -> torch.Tensor:
-    """[groups x n, max_len] bool: query i (at positions[i]) sees keys 0..positions[i], repeated
-    for each query head of a key/value head (_attend's rows)."""
-    mask = torch.arange(max_len, device=positions.device)[None, :] <= positions[:, None]  # [n, max_len]
-    return mask.repeat(groups, 1)
+    """positions [n] -> [groups x n, max_len] bool: query i (at positions[i]) sees keys
+    0..positions[i], repeated for each query head of a key/value head (_attend's rows).
+    positions [b, n] -> [b, 1, groups x n, max_len]: each row's own (the 1 broadcasts over
+    key/value heads)."""
+    keys = torch.arange(max_len, device=positions.device)
+    if positions.dim() == 1:
+        mask = keys[None, :] <= positions[:, None]  # [n, max_len]
+        return mask.repeat(groups, 1)
+    mask = keys <= positions[:, :, None]  # [b, n, max_len]
+    return mask.repeat(1, groups, 1)[:, None]
 
 
 def _attend(q, keys, values, mask, scale: float) -> torch.Tensor:
@@ -167,10 +200,10 @@ class LlamaCode:
 
     def forward(self, ids: torch.Tensor, keys: list, values: list, pos: torch.Tensor) -> torch.Tensor:
         """ids [B, n] at positions pos..pos+n-1 -> the last position's logits [B, vocab]; writes the
-        n positions' keys and values and advances pos by n, in place."""
+        n positions' keys and values and advances pos by n, in place. pos [1] or [B] (_at)."""
         b, n = ids.shape
-        positions = pos + torch.arange(n, device=ids.device)        # [n]
-        cos, sin = self.cos[positions], self.sin[positions]          # [n, head_dim]
+        positions, rows = _at(pos, b, n)                             # [n] or [B, n]
+        cos, sin = _table(self.cos, positions), _table(self.sin, positions)  # [n, hd] or [B, 1, n, hd]
         x = F.embedding(ids, self.embed)                             # [B, n, D]
         mask = _mask(positions, self.max_len, self.heads // self.kv_heads)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -179,8 +212,8 @@ class LlamaCode:
             q, k, v = _proj(h, w["qkv_fused"], w["qkv"], [q_size, kv_size, kv_size])
             q = self._rotate(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = self._rotate(k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            keys[i][:, :, positions] = k
-            values[i][:, :, positions] = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            _store(keys[i], k, positions, rows)
+            _store(values[i], v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), positions, rows)
             x = x + F.linear(_attend(q, keys[i], values[i], mask, self.head_dim ** -0.5), w["o"])
             h = self._rms(x, w["ln2"])
             gate, up = _proj(h, w["gate_up_fused"], w["gate_up"], [w["down"].shape[1]] * 2)
@@ -223,6 +256,12 @@ class GPT2Code:
                      [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers],
                      torch.zeros(1, dtype=torch.long, device=self.device))
 
+    def _learned(self, positions: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The positions to look the learned table up at. Per row, clamped to the table: a row that
+        a batched step leaves out sits at the cache's spare last position (harness.compute.rows),
+        which may be one past the table; its output is discarded."""
+        return positions if rows is None else positions.clamp(max=self.wpe.shape[0] - 1)
+
     @staticmethod
     def _conv1d(x, wb):
         w, bias = wb  # transformers' Conv1D: weight [in, out]
@@ -232,15 +271,15 @@ class GPT2Code:
         """As LlamaCode.forward."""
         b, n = ids.shape
         d = self.heads * self.head_dim
-        positions = pos + torch.arange(n, device=ids.device)
-        x = F.embedding(ids, self.wte) + F.embedding(positions, self.wpe)  # [B, n, D]
+        positions, rows = _at(pos, b, n)
+        x = F.embedding(ids, self.wte) + F.embedding(self._learned(positions, rows), self.wpe)  # [B, n, D]
         mask = _mask(positions, self.max_len, 1)
         for i, w in enumerate(self.layers):
             h = F.layer_norm(x, (d,), *w["ln1"], self.eps)
             q, k, v = (t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
                        for t in self._conv1d(h, w["attn"]).split(d, dim=-1))
-            keys[i][:, :, positions] = k
-            values[i][:, :, positions] = v
+            _store(keys[i], k, positions, rows)
+            _store(values[i], v, positions, rows)
             x = x + self._conv1d(_attend(q, keys[i], values[i], mask, self.head_dim ** -0.5), w["proj"])
             h = F.layer_norm(x, (d,), *w["ln2"], self.eps)
             x = x + self._conv1d(self.act(self._conv1d(h, w["fc"])), w["out"])

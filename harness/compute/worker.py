@@ -31,12 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
+from torch.distributed.rpc import functions as rpc_functions
 
 from harness.compute import cpuidle, floor, hostmem
+from harness.compute.batcher import LEASE_S, Batcher
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device
 from harness.compute.nvml import NO_SAMPLES, make_sampler
 from harness.compute.packing import Chunk, Chunked, Packed, pack_kv, unpack_kv
+from harness.compute.rows import Rows
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock, spin
 
@@ -96,6 +99,18 @@ def invoke(key: str, method: str, *args):
     return getattr(worker, method)(*args)
 
 
+# Workers that many clients share (open_batcher_remote): kept past the RRef of the client that made
+# them, since every client calls them by key; they go with the process
+_SHARED: dict = {}
+
+
+@rpc_functions.async_execution
+def invoke_async(key: str, method: str, *args):
+    """As invoke, for a method that returns a torch Future: the serving thread returns at once
+    and the reply goes when the future completes, so many clients' requests can be pending."""
+    return invoke(key, method, *args)
+
+
 class RemoteWorker:
     MAX_SESSIONS = 64  # live KV caches; more means a client forgot release_cache_remote
 
@@ -115,6 +130,7 @@ class RemoteWorker:
         self.weights_loaded = False
         self._landing: tuple[str | None, dict] = (None, {})  # a stateless call's id, its chunks landed: (dtype, offset) -> bytes
         self.caches: dict[str, object] = {}
+        self.batcher: Batcher | None = None  # many clients' sessions (open_batcher_remote)
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
     def _on_compute_thread(self, fn, *args, **kwargs):
@@ -204,10 +220,48 @@ class RemoteWorker:
         self.engine.release(self._cache(kv_cache_id))
         del self.caches[kv_cache_id]
 
+    # -- shared by many clients: sessions batched (harness.compute.batcher) ------------------
+    @_compute_thread
+    def open_batcher_remote(self, slots: int, max_len: int, lease_s: float = LEASE_S) -> None:
+        """Serve sessions of many clients from `slots` rows of max_len positions, their decode steps
+        batched, on the loaded weights; the clients reach this worker by its key."""
+        self._require_weights()
+        self._stop_batcher()
+        self.batcher = Batcher(Rows(self.model, slots, max_len), lease_s)
+
+    def share_remote(self) -> None:
+        """Keep this worker past its maker's RRef: the other clients call it by key."""
+        _SHARED[self.key] = self
+
+    def session_open_remote(self, owner: str) -> str:
+        return self._batcher().open(owner)
+
+    def session_prefill_remote(self, sid: str, owner: str, ids: list[int]):
+        """A Future of the session's first token (called through invoke_async)."""
+        return self._batcher().prefill(sid, owner, ids)
+
+    def session_step_remote(self, sid: str, owner: str, token: int):
+        """A Future of the session's next token (called through invoke_async)."""
+        return self._batcher().step(sid, owner, token)
+
+    def session_close_remote(self, sid: str, owner: str) -> None:
+        self._batcher().close(sid, owner)
+
+    def _batcher(self) -> Batcher:
+        if self.batcher is None:
+            raise RuntimeError("this worker serves no shared sessions: call open_batcher_remote first")
+        return self.batcher
+
+    def _stop_batcher(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+            self.batcher = None
+
     # -- housekeeping -------------------------------------------------------------------------
     @_compute_thread
     def reset_remote(self) -> None:
         """Drop every cache and forget the weights: a new cell starts from nothing."""
+        self._stop_batcher()
         for slot in self.caches.values():
             self.engine.release(slot)
         self.caches.clear()
@@ -274,7 +328,8 @@ class RemoteWorker:
     def stats_remote(self) -> dict:
         import psutil
         cuda = self.device.type == "cuda"
-        return {"sessions": len(self.caches), "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
+        return {"sessions": len(self.caches), "batcher": self.batcher.stats() if self.batcher else None,
+                "malloc": hostmem.POLICY, "engine": self.engine.spec.name,
                 "threads": self.engine.threads, "engine_capture_s": dict(self.engine.capture_s),
                 "cpu_idle": cpuidle.state(),
                 "receive_pinned_bytes": sum(self.staging.registered.values()),

@@ -113,12 +113,7 @@ def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.D
     link = server = None
     rpc_up = False
     try:
-        if host and host.ssh:
-            host = host.effective()  # an ssh config alias: its HostName, Port and User, as ssh reads them
-            host.check()
-            link = remote_link(gpu_addr or resolve(host.ssh), host)
-        else:
-            link = remote_link(gpu_addr) if gpu_addr else embedded_link(link_gbps, link_rtt_ms, link_profile)
+        link = choose_link(gpu_addr, host, link_gbps, link_rtt_ms, link_profile)
         cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)
         if link.kind != "remote" or link.host.ssh:
             server = ServerProcess(cfg, host=link.host, device=device).start()
@@ -131,6 +126,50 @@ def testbed(gpu_addr: str | None = None, port: int = 29500, channel: str = rpc.D
     finally:
         if rpc_up:
             _shutdown_rpc(torch_rpc, server)
+        if server:
+            server.stop(timeout_s=10.0)
+        if link:
+            netns.destroy(link)
+
+
+def choose_link(gpu_addr: str | None, host: GpuHost | None, link_gbps: float | None = None,
+                link_rtt_ms: float | None = None, link_profile: str | None = None) -> Link:
+    """The link testbed() describes: over ssh, to a given address, or the embedded one."""
+    if host and host.ssh:
+        host = host.effective()  # an ssh config alias: its HostName, Port and User, as ssh reads them
+        host.check()
+        return remote_link(gpu_addr or resolve(host.ssh), host)
+    return remote_link(gpu_addr) if gpu_addr else embedded_link(link_gbps, link_rtt_ms, link_profile)
+
+
+@dataclass
+class SharedBed:
+    """A worker that many client processes join (harness.serve); this process is not one of them."""
+    link: Link
+    cfg: rpc.RpcConfig
+    server: ServerProcess | None
+    clients: int
+
+    def counters(self) -> tuple[int, int]:
+        s = link_stats(self.link.client_iface)
+        return s["tx_bytes"], s["rx_bytes"]
+
+
+@contextlib.contextmanager
+def shared_testbed(clients: int, port: int = 29500, channel: str = rpc.DEFAULT_CHANNEL, device: str | None = None,
+                   host: GpuHost | None = None, rpc_timeout_s: float = 30.0, link_gbps: float | None = None,
+                   link_rtt_ms: float | None = None, link_profile: str | None = None):
+    """Yields a SharedBed: the link as testbed() makes it, and a worker started for `clients`
+    client processes, which the caller starts (ranks 1..clients). Stopped, and the link removed,
+    on every exit path."""
+    link = server = None
+    try:
+        link = choose_link(None, host, link_gbps, link_rtt_ms, link_profile)
+        cfg = rpc.RpcConfig(link.gpu_addr, port, channel, rpc_timeout_s)
+        server = ServerProcess(cfg, host=link.host, device=device, clients=clients).start()
+        server.wait_for_store()
+        yield SharedBed(link, cfg, server, clients)
+    finally:
         if server:
             server.stop(timeout_s=10.0)
         if link:

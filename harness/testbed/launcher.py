@@ -29,6 +29,7 @@ class ServerProcess:
     lines: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     remote_pid: int | None = None
+    clients: int | None = None     # None: the one client of testbed(); N: N client processes share it (harness.serve)
 
     def argv(self) -> list[str]:
         repo = self.host.repo_dir or str(REPO)
@@ -36,6 +37,8 @@ class ServerProcess:
                 "--port", str(self.cfg.port), "--channel", self.cfg.channel, "--lifeline"]
         if self.device:
             argv += ["--device", self.device]
+        if self.clients is not None:
+            argv += ["--clients", str(self.clients)]
         return self.host.argv(argv, cwd=repo if self.host.ssh else None, tty=True)
 
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
@@ -89,6 +92,8 @@ class ServerProcess:
         """Wait for a clean exit (after the client's rpc shutdown), else TERM, then KILL, by pid."""
         if self.proc is None:
             return None
+        if self.clients is not None and self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()  # a shared worker serves until its lifeline is cut
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is signal.SIGTERM and self.proc.stdin and not self.proc.stdin.closed:
                 self.proc.stdin.close()  # cut the lifeline first: the server exits by itself

@@ -6,7 +6,8 @@ docs/evidence.md). We force the
 `uv` (TCP) transport and a TCP channel, and pin Gloo and TensorPipe to the link's interface: left
 alone, they resolve the host name to 127.0.0.1 and time out across namespaces.
 
-Ranks: the GPU worker is rank 0 and hosts the rendezvous store at host:port; the client is rank 1.
+Ranks: the GPU worker is rank 0 and hosts the rendezvous store at host:port; the client is rank 1
+(many clients, harness.serve: ranks 1..N, named by client_name).
 """
 from __future__ import annotations
 
@@ -112,7 +113,12 @@ def check_reachable(addr: str, port: int, timeout_s: float) -> None:
                          "rpc_server.py on the GPU host or check --gpu_host_ip/--port") from None
 
 
-def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
+def client_name(rank: int, world_size: int) -> str:
+    """The client of a two-host world is CLIENT; of a world of many clients (harness.serve), CLIENT_<rank>."""
+    return CLIENT_NAME if world_size == 2 else f"{CLIENT_NAME}_{rank}"
+
+
+def init(cfg: RpcConfig, name: str, rank: int, iface: str, world_size: int = 2) -> None:
     import warnings
 
     from torch.distributed import rpc
@@ -122,4 +128,4 @@ def init(cfg: RpcConfig, name: str, rank: int, iface: str) -> None:
     cpuidle.hold_low_latency()  # both hosts: every call wakes threads on idle CPUs
     pin_interface(iface)
     threads = SERVER_THREADS if name == WORKER_NAME else CLIENT_THREADS
-    rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=backend_options(cfg, threads))
+    rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=backend_options(cfg, threads))
