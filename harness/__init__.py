@@ -49,6 +49,8 @@ predict/   figures no run measured, from runs that were
     costmodel/    each cell's latency and bytes from a few fitted components; held-out evaluation
     sweepreport.py  a sweep's README: cells, the cost model's held-out errors, plots
     extrapolate.py  more decode steps than a run measured;  project.py  the plan's testbed
+    plantestbed.py  the testbed's constants and the projection procedure;  projcheck.py  its checks
+    projpages.py / projassume.py / projcalib.py  the projected pages and calibration.md
 serve/     many clients sharing one GPU worker (vLLM's `bench serve`, AIPerf): load and metrics
     load.py       LoadShape: closed or open loop (gamma arrivals); each client's sessions, prompts
     metrics.py    RequestRecord per session; summarize: tokens/s, TTFT/TPOT/ITL percentiles, goodput

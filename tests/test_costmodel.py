@@ -1,7 +1,8 @@
 """The cost model (harness/predict/costmodel/) and the projection (harness/predict/project.py):
 the fit recovers synthetic components, bytes are the payload model's exactly plus the protocol,
 the projection says PROJECTED and that 70B does not fit, the committed projected tables regenerate
-byte-identical from the command they name, and a sanity check against the committed H100 runs."""
+byte-identical from the command they name, every committed run reads in the current JSON format, and
+a sanity check against the committed GPU runs (tests/test_projection.py: the projection's checks)."""
 from __future__ import annotations
 
 import math
@@ -233,23 +234,36 @@ def test_prediction_parts_add_up_and_unpack():
 
 
 def test_link_read_from_the_json_environment():
-    env = {"link_check": {"iperf3_gbps_1_stream": 30.0, "iperf3_gbps_16_stream": 94.0, "shaped_gbps": 100.0},
-           "rpc": {"channels": ["mpt_uv"]}, "link": "veth a<->b, shaped to 100 Gbit/s"}
+    """The link as the suite writes it now (fixtures/testbed.py's link_check, environment.link_emulation's
+    flat keys, client_link's type); the older formats' keys and labels are not read."""
+    env = {"link_check": {"iperf3_gbps_1_stream": 30.0, "iperf3_gbps_16_stream": 94.0, "shaped_gbps": 100.0,
+                          "nominal_gbps": 100.0},
+           "rpc": {"channels": ["mpt_uv"]}, "link": "veth a<->b, shaped to 100 Gbit/s", "link_rtt_ms": 0.0,
+           "client_link": {"type": "1"}}
     link = cm.link_of(env)
     assert link.goodput_Bps == pytest.approx(94e9 / 8) and link.rtt_s == 0 and link.nominal_gbps == 100
-    assert cm.link_of(env | {"link_rtt_ms": 5}).rtt_s == pytest.approx(5e-3)
-    assert cm.link_of(env | {"link": "veth a<->b, shaped to 25 Gbit/s, delay 0.5 ms"}).rtt_s == pytest.approx(5e-4)
-    assert cm.link_of({"link": "veth, shaped to 25 Gbit/s"}).goodput_Bps == pytest.approx(25e9 / 8)
-    # what the suite records since --gap-link-rtt-ms (harness.report.environment.link_emulation)
-    sweep = env | {"link_emulation": {"rate_gbps": 25.0, "rtt_ms_added": 0.5, "profile": None},
-                   "link": "veth a<->b, shaped to 25 Gbit/s, 0.5 ms round trip added (netem, half each way)"}
-    assert cm.link_of(sweep).rtt_s == pytest.approx(5e-4)
-    assert cm.link_of(sweep | {"link_emulation": {"rate_gbps": None, "rtt_ms_added": None}}).rtt_s == 0
-    assert cm.link_of({"link": sweep["link"]}).rtt_s == pytest.approx(5e-4)
-    # a packet's headers as the client's interface counts them: a TUN has no Ethernet header
     assert link.header_B == 66 and cm.link_of(env | {"client_link": {"type": "65534"}}).header_B == 52
-    assert cm.link_of(env | {"client_link": {"type": "1"}}).header_B == 66
-    assert cm.link_of(env | {"link": "TUN pair a<->b in netns n, shaped to 2 Gbit/s, RTT 5 ms added"}).header_B == 52
+    assert cm.link_of(env | {"link_rtt_ms": 5.0}).rtt_s == pytest.approx(5e-3)
+    assert cm.link_of(env | {"link_rtt_ms": None}).rtt_s == 0   # a real link: none added
+    real = env | {"link_check": {"iperf3_gbps_16_stream": 23.0, "shaped_gbps": None, "nominal_gbps": 25.0}}
+    assert cm.link_of(real).nominal_gbps == 25   # a real link's stated rate
+    # older formats: a link_emulation dict, an RTT or a TUN only in the label, no iperf3 figure
+    old = {k: v for k, v in env.items() if k not in ("link_rtt_ms", "client_link")}
+    old |= {"link_emulation": {"rate_gbps": 25.0, "rtt_ms_added": 0.5},
+            "link": "TUN pair a<->b, shaped to 25 Gbit/s, RTT 5 ms added"}
+    assert cm.link_of(old).rtt_s == 0 and cm.link_of(old).header_B == 66
+    with pytest.raises(ValueError, match="iperf3"):
+        cm.link_of({"link": "veth, shaped to 25 Gbit/s", "link_check": {"shaped_gbps": 25.0}})
+
+
+def test_every_committed_run_reads_in_the_current_format():
+    """Every run JSON under results/ loads with the current format's keys alone."""
+    runs = [f for f in sorted(REPO.glob("results/*/**/*.json")) if "benchmarks" not in f.parts
+            and f.name != "sweep.json" and "semantic_gap" in f.read_text()[:200000]]
+    assert len(runs) > 30
+    for f in runs:
+        points = cm.load_points(f)
+        assert points and all(p.link.goodput_Bps > 0 for p in points), f
 
 
 def test_sanity_against_the_committed_gpu_runs():
@@ -289,7 +303,7 @@ def test_projection_is_labelled_and_says_70b_does_not_fit(tmp_path):
     assert set(pages) == {"llama-2-7b", "llama-3-8b", "llama-3-70b", "calibration"}
     for slug in ("llama-2-7b", "llama-3-8b", "llama-3-70b"):
         text = pages[slug]
-        assert text.startswith("# PROJECTED:"), slug
+        assert text.startswith("# PROJECTED: no A100 was measured. "), slug
         assert "`python -m harness.predict.project --calibration results/h200/llama-1b-100gbit/llama-1b.json" in text
         assert "| Phase | Mode | Latency (s) | Network Bytes Transferred | Avg. GPU Utilization (%) |" in text
         assert len(re.findall(r"^\| (prefill|decode) \| (local|naive|sys_simulated) \|", text, re.M)) >= 6
@@ -302,38 +316,32 @@ def test_projection_is_labelled_and_says_70b_does_not_fit(tmp_path):
     assert [project.fits(s) for s in shapes.values()] == [True, True, False]
 
 
-def test_committed_projection_regenerates_byte_identical(tmp_path):
-    """results/projected/ is generated: rerunning the command named in its files gives them again."""
+def test_committed_projection_regenerates_byte_identical(monkeypatch, tmp_path):
+    """results/projected/ is generated: rerunning the command named in its files gives them again,
+    and every page's first line says that no A100 was measured."""
     from harness.predict import project
     committed = sorted(PROJECTED.glob("*.md"))
     assert committed, "results/projected/ is missing: run python -m harness.predict.project"
     command = re.search(r"`(python -m harness\.predict\.project [^`]+)`", committed[0].read_text()).group(1)
-    argv = command.split()[3:]
-    out = argv.index("--out")
-    assert argv[out + 1].rstrip("/") == "results/projected"
-    calibs = [argv[i + 1] for i, a in enumerate(argv) if a == "--calibration"]
-    import os
-    cwd = os.getcwd()
-    os.chdir(REPO)   # the command's paths are relative to the repository
-    try:
-        files = project.write(calibs, tmp_path)
-    finally:
-        os.chdir(cwd)
-    assert sorted(f.name for f in files) == [f.name for f in committed]
-    for f in files:
-        want = (PROJECTED / f.name).read_text()
-        got = f.read_text().replace(f"--out {tmp_path.as_posix()}/", "--out results/projected/")
+    assert "--out results/projected/" in command, command
+    monkeypatch.chdir(REPO)   # the command's paths are relative to the repository
+    assert project.main(command.replace("--out results/projected/", f"--out {tmp_path}/").split()[3:]) == 0
+    assert sorted(f.name for f in tmp_path.glob("*.md")) == [f.name for f in committed]
+    for f in committed:
+        want = f.read_text()
+        assert want.startswith("# PROJECTED: no A100 was measured"), f.name
+        got = (tmp_path / f.name).read_text().replace(f"--out {tmp_path}/", "--out results/projected/")
         assert got == want, f"{f.name} differs from a fresh run of: {command}"
 
 
 def test_loader_reads_a_sweep_folder(tmp_path):
-    """A sweep's folder: one JSON per point (its RTT in semantic_gap.link_emulation), beside files
+    """A sweep's folder: one JSON per point (its RTT in semantic_gap.link_rtt_ms), beside files
     that are not runs (sweep.json, NAME.failure.json), which load_all passes over."""
     import json
     data = json.loads(LLAMA.read_text())
     for name, rtt in (("llama-1b-100gbit-rtt0ms-p128-s50", None), ("llama-1b-100gbit-rtt5ms-p128-s50", 5.0)):
         sg = data["machine_info"]["semantic_gap"]
-        sg["link_emulation"] = {"rate_gbps": 100.0, "rtt_ms_added": rtt, "profile": None}
+        sg |= {"link_rate_gbps": 100.0, "link_rtt_ms": rtt, "link_profile": None}
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
     (tmp_path / "sweep.json").write_text(json.dumps({"invocations": []}))
     (tmp_path / "llama-1b-25gbit-rtt0ms-p128-s50.failure.json").write_text(json.dumps({"why": "cells failed"}))

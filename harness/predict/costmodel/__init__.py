@@ -44,17 +44,17 @@ it is collinear with, which is exact at the calibrated point and unknown away fr
 
 Its modules: terms.py (TERMS, the targets, Compute and Components), points.py (what a cell ran on and
 measured; reading calibration and sweep JSONs), predict.py (GPU specifications, predict, weight_load,
-compute scaled to another model or GPU), fit.py (the fit above), evaluate.py (held-out evaluation and the
-tables for a reader).
+compute scaled to another model or GPU), family.py (compute carried within a model family: the rule the
+projected pages use), fit.py (the fit above), evaluate.py (held-out evaluation and the tables for a reader).
 
 No pytest here: tests/test_costmodel.py drives it; harness/predict/project.py uses it.
 """
 from __future__ import annotations
 
 from harness.predict.costmodel.evaluate import EvalRow, Evaluation, Select, component_rows, eval_rows, evaluate
+from harness.predict.costmodel.family import Reference, family_compute, family_of, gpu_of, nearest, references
 from harness.predict.costmodel.fit import fit
 from harness.predict.costmodel.points import (
-                                             RTT_MS_KEYS,
                                              Link,
                                              Measured,
                                              Point,
@@ -81,9 +81,10 @@ from harness.predict.costmodel.terms import BYTES_TARGET, LATENCY_TARGET, TERMS,
 
 __all__ = [
     "BYTES_TARGET", "LATENCY_TARGET", "TERMS", "Components", "Compute",
-    "RTT_MS_KEYS", "Link", "Measured", "Point", "Run", "link_of", "load_all", "load_points", "shape_for",
+    "Link", "Measured", "Point", "Run", "link_of", "load_all", "load_points", "shape_for",
     "GPUS", "Gpu", "Overhead", "Prediction", "compute_for", "overhead_of", "pcie_Bps", "predict", "roofline",
     "scale_compute", "weight_load",
+    "Reference", "family_compute", "family_of", "gpu_of", "nearest", "references",
     "fit",
     "EvalRow", "Evaluation", "Select", "component_rows", "eval_rows", "evaluate",
 ]

@@ -2,13 +2,12 @@
 calibration and sweep JSONs (load_points, load_all). See harness.predict.costmodel."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from harness.compute.modes import MODES
-from harness.measure.payload import ARPHRD_NONE, HEADER_BYTES, Shape, header_bytes
+from harness.measure.payload import HEADER_BYTES, Shape, header_bytes
 
 # --- points: what a cell ran on, and what was measured -------------------------------------------------
 
@@ -39,7 +38,6 @@ class Run:
     noop_rtt_s: float | None          # the empty RPC's round trip (test_control_rpc_noop)
     pinned_h2d_Bps: float | None
     pinned_d2h_Bps: float | None
-    rtt_recorded: bool                # the JSON names its link's RTT (else 0 is assumed)
 
 
 @dataclass(frozen=True)
@@ -93,57 +91,22 @@ class Point:
 
 # --- reading calibration and sweep JSONs ----------------------------------------------------------------
 
-# Where a JSON names its link's added RTT, in milliseconds: machine_info.semantic_gap.link_emulation
-# (harness.report.environment.link_emulation, --gap-link-rtt-ms, what harness.sweep's points set),
-# then other plausible keys, then the link's label ("5 ms round trip added"). None of the committed
-# runs has one: 0, the veth's own round trip being in call_s.
-RTT_MS_KEYS = (("link_emulation", "rtt_ms_added"), ("link_rtt_ms",), ("rtt_ms",), ("link_check", "rtt_ms"))
-_RTT_LABEL = re.compile(r"([0-9.]+)\s*ms round trip added|(?:rtt|delay)\s*([0-9.]+)\s*ms", re.IGNORECASE)
-_SHAPED_LABEL = re.compile(r"shaped to\s*([0-9.]+)\s*Gbit/s", re.IGNORECASE)
-
-
-def _dig(d: dict, path: tuple):
-    for k in path:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-
 def link_of(env: dict) -> Link:
-    """The point's link from machine_info.semantic_gap: goodput = iperf3 with as many streams as the
-    RPC channel has lanes (the most streams measured, where not that many)."""
-    from harness.measure.iperf import lanes, run_channel
+    """The point's link from machine_info.semantic_gap as the suite writes it (fixtures/testbed.py's
+    link_check, harness.report.environment): goodput = iperf3 with as many streams as the RPC
+    channel has lanes; the rate the link was shaped to, else the rate stated for a real link; the
+    round trip added to the link (link_rtt_ms: 0 or None where none was)."""
+    from harness.measure.iperf import iperf_for_channel, run_channel
     check = env.get("link_check") or {}
-    n_lanes = lanes(run_channel(env))
-    iperf = {int(k.split("_")[2]): v for k, v in check.items()
-             if re.fullmatch(r"iperf3_gbps_\d+_stream", k) and v}
-    label = str(env.get("link") or "")
-    shaped = check.get("shaped_gbps") or check.get("nominal_gbps") or _dig(env, ("link_emulation", "rate_gbps"))
-    if shaped is None and (m := _SHAPED_LABEL.search(label)):
-        shaped = float(m.group(1))
-    if iperf:
-        gbps = iperf.get(n_lanes) or iperf[max(n for n in iperf if n <= n_lanes)] if any(n <= n_lanes for n in iperf) \
-            else iperf[min(iperf)]
-    elif shaped:
-        gbps = shaped
-    else:
-        raise ValueError("no link check (iperf3) and no line rate in the JSON: the link's rate is unknown")
-    if isinstance(env.get("link_emulation"), dict):   # the suite's own record: authoritative, None = none
-        rtt_ms = env["link_emulation"].get("rtt_ms_added") or 0.0
-    else:
-        rtt_ms = next((v for path in RTT_MS_KEYS if (v := _dig(env, path)) is not None), None)
-    if rtt_ms is None and (m := _RTT_LABEL.search(label)):
-        rtt_ms = float(m.group(1) or m.group(2))
-    return Link(goodput_Bps=gbps * 1e9 / 8, rtt_s=(rtt_ms or 0.0) / 1e3, nominal_gbps=shaped, label=label,
-                empty_call_B=env.get("rpc_noop_wire_bytes_per_call"), header_B=_header_B(env, label))
-
-
-def _header_B(env: dict, label: str) -> float:
-    """Headers per packet on the client's interface: no link layer on a TUN (ARPHRD_NONE, 65534; runs
-    before the type was recorded name it in the label: 'TUN pair'), else Ethernet's."""
+    gbps = iperf_for_channel(check, run_channel(env))
+    if not gbps:
+        raise ValueError("no iperf3 figure with the RPC channel's lanes in link_check: the link's rate is unknown")
+    # type None -> Ethernet's header: runs before the type was recorded, all veths (results/h200/*-100gbit,
+    # llama-8b-nic25, sweep-llama-1b, sweep-llama-1b-v4; results/cpu/gpt2, sweep-gpt2)
     kind = (env.get("client_link") or {}).get("type")
-    if kind is None and label.startswith("TUN pair"):
-        kind = ARPHRD_NONE
-    return header_bytes(kind)
+    return Link(goodput_Bps=gbps * 1e9 / 8, rtt_s=(env.get("link_rtt_ms") or 0.0) / 1e3,
+                nominal_gbps=check.get("shaped_gbps") or check.get("nominal_gbps"), label=str(env.get("link") or ""),
+                empty_call_B=env.get("rpc_noop_wire_bytes_per_call"), header_B=header_bytes(kind))
 
 
 _SHAPES: dict = {}
@@ -175,12 +138,9 @@ def load_points(path: Path | str) -> list[Point]:
     from harness.measure.results import load_infos
     infos, controls, env = load_infos(Path(path))
     copy = env.get("copy_gbps") or {}
-    rtt_recorded = ("link_emulation" in env or any(_dig(env, k) is not None for k in RTT_MS_KEYS)
-                    or bool(_RTT_LABEL.search(str(env.get("link")))))
     run = Run(str(path), (env.get("gpu") or {}).get("name"), env.get("device", "?"), env.get("engine"),
               (controls.get("rpc_noop") or {}).get("rtt_s"),
-              copy.get("h2d_gbps") and copy["h2d_gbps"] * 1e9, copy.get("d2h_gbps") and copy["d2h_gbps"] * 1e9,
-              rtt_recorded)
+              copy.get("h2d_gbps") and copy["h2d_gbps"] * 1e9, copy.get("d2h_gbps") and copy["d2h_gbps"] * 1e9)
     link = link_of(env)
     points = []
     for info in infos:
