@@ -128,13 +128,31 @@ def describe_history(root: Path) -> str:
 HARNESS = ("harness", "fixtures", "benchmarks")  # the code whose change makes a run's figures older than HEAD's
 
 
-def harness_since(commit: str, repo: Path) -> str:
-    """Whether the measuring code (HARNESS) differs between commit and the tree the catalog is
-    written from: "same", "changed", or "unknown" where this clone lacks the commit (a shallow
-    one). The tree, not HEAD: a catalog regenerated before a commit is then true of that commit."""
-    out = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", commit, "--", *HARNESS],
+def harness_diff(commit: str, repo: Path) -> list[str] | None:
+    """The measuring code's files (HARNESS) that differ between commit and the tree the catalog
+    is written from; None where this clone lacks the commit (a shallow one). The tree, not HEAD:
+    a catalog regenerated before a commit is then true of that commit."""
+    out = subprocess.run(["git", "-C", str(repo), "diff", "--name-only", commit, "--", *HARNESS],
                          capture_output=True, text=True)
-    return {0: "same", 1: "changed"}.get(out.returncode, "unknown")
+    return out.stdout.split() if out.returncode == 0 else None
+
+
+def harness_since(commit: str, repo: Path) -> str:
+    """"same", "older harness (N files)" (older_harness lists them), or "unknown"."""
+    files = harness_diff(commit, repo)
+    return "unknown" if files is None else "same" if not files else f"older harness ({len(files)} files)"
+
+
+def older_harness(commits: list[str], repo: Path) -> str:
+    """Per commit of a run here whose harness differs from this tree's, the files that differ."""
+    lines = []
+    for commit in sorted(set(commits)):
+        files = harness_diff(commit, repo)
+        if files:
+            lines.append(f"- {commit[:7]}: " + ", ".join(f"`{f}`" for f in files))
+    return "\n".join(["## Older harness", "",
+                      "The measuring code's files that differ between each run's commit and this tree:", "",
+                      *lines, ""]) if lines else ""
 
 
 def current_table(root: Path) -> str:
@@ -161,7 +179,10 @@ def current_table(root: Path) -> str:
 
 
 def catalog(root: Path) -> str:
-    return "\n".join([HEADER, current_table(root), *(describe(p, root) for p in runs(root)),
+    commits = [json.loads(p.read_text())["commit_info"]["id"] for p in runs(root)]
+    commits += [json.loads(p.read_text())["commit_info"]["id"] for f in sweeps(root) for p in point_files(f)]
+    return "\n".join([HEADER, current_table(root), older_harness(commits, root.parent),
+                      *(describe(p, root) for p in runs(root)),
                       *(describe_sweep(f, root) for f in sweeps(root)),
                       *(describe_predicted(f, root) for f in predicted(root)), describe_history(root)])
 
