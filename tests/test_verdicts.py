@@ -187,8 +187,12 @@ def test_the_catalog_says_whether_the_harness_changed_since_a_run():
     first = subprocess.run(["git", "-C", str(REPO), "rev-list", "--max-parents=0", "HEAD"],
                            capture_output=True, text=True).stdout.split()[0]
     tree = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "harness", "fixtures", "benchmarks"])
-    assert harness_since(head, REPO) == "same" if tree.returncode == 0 else harness_since(head, REPO).startswith("older harness (")
-    assert harness_since(first, REPO).startswith("older harness (") and harness_since(first, REPO).endswith(" files)")
+    since_head, since_first = harness_since(head, REPO), harness_since(first, REPO)
+    if tree.returncode == 0:
+        assert since_head == "same"
+    else:
+        assert since_head.startswith("older harness (")
+    assert since_first.startswith("older harness (") and since_first.endswith(" files)")
     assert harness_since("0" * 40, REPO) == "unknown"
 
 

@@ -72,9 +72,14 @@ class WorkerLost(RuntimeError):
     """An RPC to the GPU worker failed in a way the user can act on; the message says how."""
 
 
+def first_line(e: BaseException) -> str:
+    """An error's first line of text, or its type's name where it has none."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def explain(e: Exception) -> Exception:
     """torch RPC's errors, reworded so that a failed cell says what happened in one line."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = first_line(e)
     if "ran for more than set timeout" in text:
         return WorkerLost(f"the GPU host did not answer within the RPC timeout (link down, or the "
                           f"worker hung; raise --gap-rpc-timeout for slower steps): {text}")

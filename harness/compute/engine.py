@@ -101,27 +101,36 @@ class _NoEvent:
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def lay_out(model) -> None:
+    """Lay the weights out as the worker's are (FlatParams, one buffer per dtype) where the
+    projections the compact code fuses lie apart, so that a local model runs the worker's
+    products: one for q, k, v and one for gate, up."""
+    if compact.apart(model):
+        FlatParams(model)
+
+
+def compiled(fn, tuned: bool):
+    """fn compiled by inductor as the compact code is on CUDA: whole graph, static shapes; tuned:
+    inductor's coordinate descent too (for a decode step, the target; tuning is slow on a large
+    model: docs/evidence.md). One compilation per step length, model, dtype and cache size: more
+    than dynamo's default 8 in one process (the tests' several models), never a silent eager
+    fallback. No cudagraphs of inductor's own: the callers capture each step (with its argmax)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    options = {"coordinate_descent_tuning": True} if tuned else None
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+
+
 def _compact(model, spec: EngineSpec, cuda: bool):
-    """(code, forward for a decode step, forward for a prompt). On CUDA both are compiled; the
-    decode step's kernels are tuned too (inductor's coordinate descent: the step is the target,
-    and tuning is slow on a large model: docs/evidence.md), a prompt's are not."""
+    """(code, forward for a decode step, forward for a prompt); on CUDA both compiled, the
+    decode step's kernels tuned."""
     per_model = _COMPILED.setdefault(model, {})
     key = (spec.max_len, spec.batch)
     if key not in per_model:
-        if compact.apart(model):
-            # lay the weights out as the worker's are (FlatParams, one buffer per dtype), so that
-            # the local loop runs the worker's products: one for q, k, v and one for gate, up
-            FlatParams(model)
+        lay_out(model)
         code = compact.compact_code(model, spec.max_len, spec.batch)
         step = prompt = code.forward
         if cuda:
-            # one compilation per step length, model, dtype and cache size: more than dynamo's
-            # default 8 in one process (the tests' several models), never a silent eager fallback.
-            # No cudagraphs of inductor's own: the engine captures each step (with its argmax) itself
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            step = torch.compile(code.forward, fullgraph=True, dynamic=False,
-                                 options={"coordinate_descent_tuning": True})
-            prompt = torch.compile(code.forward, fullgraph=True, dynamic=False)
+            step, prompt = compiled(code.forward, tuned=True), compiled(code.forward, tuned=False)
         per_model[key] = (code, step, prompt)
     return per_model[key]
 

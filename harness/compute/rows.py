@@ -22,7 +22,7 @@ import weakref
 import torch
 
 from harness.compute import compact
-from harness.compute.staging import FlatParams
+from harness.compute.engine import compiled, lay_out
 from harness.errors import UsageError
 
 # Compiled code per model and (slots, max_len): the code holds no cache, so Rows of one shape
@@ -34,8 +34,7 @@ def _compiled(model, slots: int, max_len: int, cuda: bool):
     """(code over max_len + 1 positions, the batched step, the prompt's forward); compiled on CUDA."""
     per_model = _COMPILED.setdefault(model, {})
     if (slots, max_len) not in per_model:
-        if compact.apart(model):
-            FlatParams(model)  # the worker's layout and products, as the engine lays a local model out
+        lay_out(model)
         code = compact.compact_code(model, max_len + 1, slots)
 
         def step(ids, active, keys, values, pos):
@@ -48,10 +47,7 @@ def _compiled(model, slots: int, max_len: int, cuda: bool):
             return tokens
         prompt = code.forward
         if cuda:
-            # as engine._compact: a compilation per prompt length and shape, never a silent fallback
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            step = torch.compile(step, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True})
-            prompt = torch.compile(code.forward, fullgraph=True, dynamic=False)
+            step, prompt = compiled(step, tuned=True), compiled(code.forward, tuned=False)
         per_model[(slots, max_len)] = (code, step, prompt)
     return per_model[(slots, max_len)]
 

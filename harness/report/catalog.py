@@ -137,53 +137,54 @@ def harness_diff(commit: str, repo: Path) -> list[str] | None:
     return out.stdout.split() if out.returncode == 0 else None
 
 
-def harness_since(commit: str, repo: Path) -> str:
-    """"same", "older harness (N files)" (older_harness lists them), or "unknown"."""
-    files = harness_diff(commit, repo)
+def since(files: list[str] | None) -> str:
+    """A run's harness against this tree's, from harness_diff: "same", "older harness (N files)"
+    (the catalog's "Older harness" lists them), or "unknown"."""
     return "unknown" if files is None else "same" if not files else f"older harness ({len(files)} files)"
 
 
-def older_harness(commits: list[str], repo: Path) -> str:
+def harness_since(commit: str, repo: Path) -> str:
+    return since(harness_diff(commit, repo))
+
+
+def older_harness(diffs: dict[str, list[str] | None]) -> str:
     """Per commit of a run here whose harness differs from this tree's, the files that differ."""
-    lines = []
-    for commit in sorted(set(commits)):
-        files = harness_diff(commit, repo)
-        if files:
-            lines.append(f"- {commit[:7]}: " + ", ".join(f"`{f}`" for f in files))
+    lines = [f"- {c[:7]}: " + ", ".join(f"`{f}`" for f in files) for c, files in sorted(diffs.items()) if files]
     return "\n".join(["## Older harness", "",
                       "The measuring code's files that differ between each run's commit and this tree:", "",
                       *lines, ""]) if lines else ""
 
 
-def current_table(root: Path) -> str:
-    """Every run and sweep here, with its commit and whether the harness changed since; one that
-    a later one replaces says so, and why it is kept (history.toml's "kept")."""
+def _commit(path: Path) -> str:
+    return json.loads(path.read_text())["commit_info"]["id"]
+
+
+def current_table(root: Path, run_commits: dict, sweep_commits: dict, diffs: dict) -> str:
+    """Every run and sweep here (their commits given, and each commit's harness_diff), with its
+    commit and whether the harness changed since; one that a later one replaces says so, and why
+    it is kept (history.toml's "kept")."""
     path = root / HISTORY
     kept = {k["path"]: k for k in tomllib.loads(path.read_text()).get("kept", [])} if path.exists() else {}
 
     def kind(name: str, folder: Path) -> str:
         k = kept.get(str(folder.relative_to(root.parent)))
         return name if not k else f"{name}, replaced by `{k['replaced_by']}`; kept: {k['why']}"
-    rows = []
-    for path in runs(root):
-        commit = json.loads(path.read_text())["commit_info"]["id"]
-        rows.append((f"`{path.parent.relative_to(root.parent)}`", kind("run", path.parent), commit[:7],
-                     harness_since(commit, root.parent)))
-    for folder in sweeps(root):
-        commits = sorted({json.loads(p.read_text())["commit_info"]["id"] for p in point_files(folder)})
-        since = sorted({harness_since(c, root.parent) for c in commits})
-        rows.append((f"`{folder.relative_to(root.parent)}`", kind("sweep", folder), ", ".join(c[:7] for c in commits),
-                     ", ".join(since)))
+    rows = [(f"`{p.parent.relative_to(root.parent)}`", kind("run", p.parent), c[:7], since(diffs[c]))
+            for p, c in run_commits.items()]
+    rows += [(f"`{f.relative_to(root.parent)}`", kind("sweep", f), ", ".join(c[:7] for c in cs),
+              ", ".join(sorted({since(diffs[c]) for c in cs}))) for f, cs in sweep_commits.items()]
     lines = ["| results | kind | commit | harness (harness/, fixtures/, benchmarks/) since |", "|---|---|---|---|"]
     return "\n".join([*lines, *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows), ""])
 
 
 def catalog(root: Path) -> str:
-    commits = [json.loads(p.read_text())["commit_info"]["id"] for p in runs(root)]
-    commits += [json.loads(p.read_text())["commit_info"]["id"] for f in sweeps(root) for p in point_files(f)]
-    return "\n".join([HEADER, current_table(root), older_harness(commits, root.parent),
-                      *(describe(p, root) for p in runs(root)),
-                      *(describe_sweep(f, root) for f in sweeps(root)),
+    run_commits = {p: _commit(p) for p in runs(root)}
+    sweep_commits = {f: sorted({_commit(p) for p in point_files(f)}) for f in sweeps(root)}
+    commits = {*run_commits.values(), *(c for cs in sweep_commits.values() for c in cs)}
+    diffs = {c: harness_diff(c, root.parent) for c in commits}  # one git diff per commit
+    return "\n".join([HEADER, current_table(root, run_commits, sweep_commits, diffs), older_harness(diffs),
+                      *(describe(p, root) for p in run_commits),
+                      *(describe_sweep(f, root) for f in sweep_commits),
                       *(describe_predicted(f, root) for f in predicted(root)), describe_history(root)])
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.compute.calls import first_line
 from harness.serve.load import ClientPlan, LoadShape, plan
 from harness.serve.metrics import RequestRecord
 
@@ -81,7 +82,7 @@ def _session(sessions, s, due: float | None, prompt_len: int, steps: int, vocab:
         finally:
             sessions.close(handle)
     except Exception as e:  # noqa: BLE001  (the session failed, whatever the cause; the client goes on)
-        rec.finished, rec.error = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        rec.finished, rec.error = False, f"{type(e).__name__}: {first_line(e)}"
     return rec
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,21 +62,20 @@ def run_local(cfg: ServeConfig) -> ServeRun:
 
     model = build_model(cfg.spec, cfg.device or default_device())
     batcher = Batcher(Rows(model, cfg.slots, cfg.max_len), cfg.lease_s)
-    vocab, plans, out = load_config(cfg.spec).vocab_size, plan(cfg.shape), {}
+    vocab, plans = load_config(cfg.spec).vocab_size, plan(cfg.shape)
     for c in range(cfg.shape.clients):
         warm_up(LocalSessions(batcher, f"client{c}"), cfg.prompt_len, vocab)
     t0 = time.time() + 0.05
-    threads = [threading.Thread(target=lambda c=c: out.__setitem__(c, run_plan(
-        LocalSessions(batcher, f"client{c}"), plans[c], cfg.prompt_len, cfg.steps, vocab, t0, cfg.shape.duration_s)))
-        for c in range(cfg.shape.clients)]
+
+    def client(c: int) -> list[RequestRecord]:
+        return run_plan(LocalSessions(batcher, f"client{c}"), plans[c], cfg.prompt_len, cfg.steps, vocab, t0,
+                        cfg.shape.duration_s)
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with ThreadPoolExecutor(cfg.shape.clients) as pool:
+            records = [r for rs in pool.map(client, range(cfg.shape.clients)) for r in rs]
     finally:
         batcher.stop()
-    return ServeRun("local", cfg.shape.clients, [r for c in sorted(out) for r in out[c]], None, time.time() - t0)
+    return ServeRun("local", cfg.shape.clients, records, None, time.time() - t0)
 
 
 def start_clients(cfg: ServeConfig, bed, workdir: Path) -> list[subprocess.Popen]:

@@ -59,9 +59,13 @@ class Testbed:
         return backend
 
     def counters(self) -> tuple[int, int]:
-        """(tx, rx) bytes of the client's side of the link."""
-        s = link_stats(self.link.client_iface)
-        return s["tx_bytes"], s["rx_bytes"]
+        return counters(self.link)
+
+
+def counters(link: Link) -> tuple[int, int]:
+    """(tx, rx) bytes of the client's side of the link."""
+    s = link_stats(link.client_iface)
+    return s["tx_bytes"], s["rx_bytes"]
 
 
 def remote_link(gpu_addr: str, host: GpuHost = GpuHost()) -> Link:
@@ -151,8 +155,7 @@ class SharedBed:
     clients: int
 
     def counters(self) -> tuple[int, int]:
-        s = link_stats(self.link.client_iface)
-        return s["tx_bytes"], s["rx_bytes"]
+        return counters(self.link)
 
 
 @contextlib.contextmanager
