@@ -218,3 +218,32 @@ def test_weights_sent_in_chunks_compute_what_one_message_does(gap_testbed):
     call(worker, "load_chunk_remote", "partial", seed0.chunks[0])
     with pytest.raises(RuntimeError, match="send every chunk"):
         call(worker, "run_stateless_forward_remote", Chunked("partial", seed0.nbytes), prompt, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the local loop runs ahead on an asynchronous device only: "
+                    "run it on a GPU host (pytest tests/test_equivalence.py -k ahead)")
+@pytest.mark.parametrize("engine", HERE)
+def test_the_loop_ahead_gives_the_one_sync_steps_tokens(engine):
+    """The local loop that queues each announced step before reading the last token (ahead.py)
+    gives the tokens of the one-synchronisation step, whether all, some or none of the steps
+    were announced (the rest are queued when asked for), on a reused slot."""
+    from harness.compute.timers import Clock
+    model = build_model(ModelSpec("tiny-llama", "bf16"), "cuda")
+    prompt = prompt_ids(model.config, 16, seed=0)
+    backend = LocalBackend(model, EngineSpec(engine, 16 + 10))
+    eng = backend.engine
+    slot = eng.new_slot()
+    want = [eng.next_tokens(slot, prompt, Clock(eng.device))]
+    for _ in range(8):
+        want.append(eng.next_tokens(slot, want[-1], Clock(eng.device)))
+    eng.release(slot)
+    assert len(set(map(tuple, want))) > 1, "degenerate tokens prove nothing"
+    for announced in (8, 3, 0):
+        got = [backend.prefill(prompt, announced)]
+        for _ in range(8):
+            got.append(backend.step(got[-1]))
+        backend.end()
+        assert got == want, (announced, got, want)
+    with pytest.raises(AssertionError, match="runs greedily ahead"):
+        backend.prefill(prompt, 2)
+        backend.step([want[0][0] + 1])

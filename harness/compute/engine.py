@@ -211,10 +211,11 @@ class Engine:
         clock.lap("d2h_s", sync=False)
         return tokens
 
-    def _run(self, slot: Slot, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, slot: Slot, ids: torch.Tensor, events=None) -> tuple[torch.Tensor, torch.Tensor]:
         """ids [batch, n] on the device or the host -> (logits [batch, vocab], tokens [batch]) on
-        the device; events on the stream bracket the forward's device work (gpu_span_s)."""
-        events = self._span
+        the device; events (the engine's own pair by default) on the stream bracket the forward's
+        device work (gpu_span_s)."""
+        events = events or self._span
         with torch.inference_mode():
             if self._replayable(slot, ids):
                 step = slot.graphs.get(ids.shape[1]) or self._capture(slot, ids)

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from harness.compute.ahead import Ahead
 from harness.compute.calls import call, call_each
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.packing import Chunked, Packed, chunks, pack, tensor_bytes
@@ -65,20 +66,27 @@ class LocalBackend:
         self.device = self.engine.device
         self.tally = Tally()
         self.slot = None
+        # on an asynchronous device the greedy loop queues each announced step before it reads the
+        # last one's token (harness.compute.ahead); elsewhere a step is the worker's one-sync step
+        self.ahead = Ahead(self.engine) if self.device.type == "cuda" else None
 
-    def prefill(self, ids):
+    def prefill(self, ids, steps: int = 0):
         clock = Clock(self.device)  # the session's set-up is in the first part, as the worker's is in its call
         self.end()
         self.slot = self.engine.new_slot()
-        return self._forward(ids, clock)
+        if self.ahead:
+            return self._tally(self.ahead.prefill(self.slot, ids, steps, clock), clock)
+        return self._tally(self.engine.next_tokens(self.slot, ids, clock), clock)
 
     def step(self, tokens: list[int]):
-        return self._forward(tokens, Clock(self.device))
+        clock = Clock(self.device)
+        if self.ahead:
+            return self._tally(self.ahead.step(tokens, clock), clock)
+        return self._tally(self.engine.next_tokens(self.slot, tokens, clock), clock)
 
-    def _forward(self, ids, clock: Clock):
+    def _tally(self, tokens: list[int], clock: Clock) -> list[int]:
         """Timed like the worker's greedy step (harness.compute.worker.RemoteWorker._step), so the
-        parts compare across modes: the engine's one-synchronisation step."""
-        tokens = self.engine.next_tokens(self.slot, ids, clock)
+        parts compare across modes."""
         self.tally.add(0, 0, clock.split)
         return tokens
 
@@ -128,7 +136,7 @@ class NaiveBackend:
         self.tally.client_s += time.time() - t1
         return tokens
 
-    def prefill(self, ids):
+    def prefill(self, ids, steps: int = 0):
         self.kv = None
         return self._call(ids)
 
@@ -165,7 +173,7 @@ class SysBackend:
         reply = call(self.worker, "load_weights_remote", weights)
         self.load = WeightLoad(time.perf_counter() - t0, tensor_bytes(weights), reply.server_s)
 
-    def prefill(self, ids):
+    def prefill(self, ids, steps: int = 0):
         reply = self._call("run_prefill_remote", ids, tensor_bytes(ids))
         self.cache_id = reply.kv_cache_id
         return reply.tokens

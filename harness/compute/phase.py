@@ -56,7 +56,8 @@ class Backend(Protocol):
     tally: "Tally"
     load: object  # the one-time weight load a mode pays apart (WeightLoad), or None
 
-    def prefill(self, ids: torch.Tensor) -> list[int]: ...
+    # steps: the decode steps that will follow (the request's max_new_tokens)
+    def prefill(self, ids: torch.Tensor, steps: int = 0) -> list[int]: ...
 
     def step(self, tokens: list[int]) -> list[int]: ...
 
@@ -93,7 +94,7 @@ def run_phase(backend: Backend, prompt: torch.Tensor, phase: str, steps: int,
     # client_s: the client's own work between forwards (progress here, the next token and its
     # tensor inside the backend), timed apart so the time breakdown need not take it as "the rest"
     t0 = time.perf_counter()
-    tokens = [backend.prefill(prompt)]  # per step, one token per sequence
+    tokens = [backend.prefill(prompt, n_steps)]  # per step, one token per sequence
     mark = time.perf_counter()
     ttft = mark - t0
     step_times = []
