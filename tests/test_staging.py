@@ -8,7 +8,7 @@ import torch
 
 from harness.compute.models import ModelSpec, build_model, load_config, prompt_ids
 from harness.compute.packing import pack
-from harness.compute.staging import FlatParams, HostStaging, covered
+from harness.compute.staging import FlatParams, HostStaging, covered, parallel_copy
 from harness.compute.worker import RemoteWorker
 
 
@@ -64,6 +64,16 @@ def test_chunked_pinned_copy_moves_every_byte(monkeypatch):
     HostStaging(torch.device("cuda")).to_device(src, dst)
     torch.cuda.synchronize()
     assert torch.equal(dst.cpu(), src)
+
+
+@pytest.mark.parametrize("n,parts", [(100_003, 4), (3, 4), (1, 1), (4096, 3)])
+def test_the_staging_copy_on_several_threads_moves_every_byte(n, parts):
+    """The staging buffer's fill, split over threads (slices uneven, more threads than elements)."""
+    from concurrent.futures import ThreadPoolExecutor
+    src, dst = torch.randn(n), torch.zeros(n)
+    with ThreadPoolExecutor(parts) as pool:
+        parallel_copy(dst, src, pool, parts)
+    assert torch.equal(dst, src)
 
 
 def test_a_range_counts_as_pinned_only_when_a_locked_range_holds_all_of_it():

@@ -122,11 +122,19 @@ def _attend(q, keys, values, mask, scale: float) -> torch.Tensor:
     """q [B, H, n, hd]; keys/values [B, KVH, max_len, hd] (H = KVH x groups); mask from _mask.
     Grouped queries attend as extra rows of their key/value head ([B, KVH, groups x n, hd]),
     so no key or value is copied per query head; each row's softmax is its own, so this is
-    repeat_kv's attention. Returns [B, n, H x hd]."""
+    repeat_kv's attention. Returns [B, n, H x hd].
+    A decode step (n = 1) has a few rows per head: written out as two products and a softmax in
+    fp32, which inductor fuses around, it is faster than SDPA's kernels, which are shaped for long
+    queries (docs/evidence.md); a prompt goes through SDPA."""
     b, h, n, hd = q.shape
     kvh = keys.shape[1]
-    out = F.scaled_dot_product_attention(q.reshape(b, kvh, h // kvh * n, hd), keys, values,
-                                         attn_mask=mask, scale=scale)
+    rows = q.reshape(b, kvh, h // kvh * n, hd)
+    if n == 1:
+        scores = torch.matmul(rows, keys.transpose(-1, -2)).float() * scale  # [B, KVH, rows, max_len]
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
+        out = torch.matmul(probs, values)
+    else:
+        out = F.scaled_dot_product_attention(rows, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(b, h, n, hd).transpose(1, 2).reshape(b, n, h * hd)  # a kernel may return it strided
 
 

@@ -5,7 +5,9 @@ server would: through page-locked host memory, in bulk, straight into the parame
   runs at the driver's staging speed, from pinned memory at the bus's, several times faster
   (docs/evidence.md). TensorPipe hands us pageable tensors it allocated, so each is copied into
   the pinned buffer chunk by chunk while the DMA engine moves the chunk before: the CPU copy and
-  the bus transfer overlap. Better still, the receive buffer itself becomes page-locked: under the
+  the bus transfer overlap. The CPU copy runs on COPY_THREADS threads: one thread's memcpy moves
+  less than a fast link delivers, and a stateless call's chunks are staged as they land, each
+  one's copy inside the request's wire time (docs/evidence.md). Better still, the receive buffer itself becomes page-locked: under the
   worker's malloc policy (harness.compute.hostmem: no mmap, the heap never trimmed) the next call's
   tensors land at the addresses this call's did, so after a staged copy the received range is
   registered with CUDA (cudaHostRegister) and from then on TensorPipe receives into pinned memory
@@ -20,6 +22,8 @@ server would: through page-locked host memory, in bulk, straight into the parame
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from harness.compute.packing import Packed, pack, unpack
@@ -28,6 +32,7 @@ PAGE = 4096
 BULK_BYTES = 1 << 20  # transfers this large go through HostStaging's checked bulk path; smaller ones through SmallPinned
 MAX_REGISTERED = 2  # receive buffers kept page-locked: one per place the weights have landed lately
 CHUNK_BYTES = 64 << 20  # small enough for copy and DMA to overlap, large enough to run at full speed
+COPY_THREADS = 4  # host threads that fill the staging buffer (torch releases the GIL in a copy)
 # receive ranges page-locked with cudaHostRegister, start -> bytes. The process's, not one
 # staging's: a page is locked for the whole process, and two workers in one process (the tests'
 # models) receive into one heap, so one's next buffer can start inside the other's locked range.
@@ -133,6 +138,12 @@ def step_io_s(device: torch.device, n: int = 1000) -> dict:
             "plain_round_trip_s": statistics.median(times[plain]), "round_trips": n}
 
 
+def parallel_copy(dst: torch.Tensor, src: torch.Tensor, pool: ThreadPoolExecutor, parts: int = COPY_THREADS) -> None:
+    """dst.copy_(src) for 1-D host tensors, in `parts` slices run on pool's threads."""
+    step = max(1, -(-src.numel() // parts))
+    list(pool.map(lambda lo: dst[lo:lo + step].copy_(src[lo:lo + step]), range(0, src.numel(), step)))
+
+
 class HostStaging:
     """A pinned buffer, grown to the largest transfer seen and then reused (pinning is slow: it is
     paid once). Only host->device: a reply must own its storage, since torch RPC sends a view's
@@ -146,6 +157,7 @@ class HostStaging:
         self.pin_received = pin_received and self.cuda   # see the module's docstring
         self.registered = REGISTERED                     # page-aligned start -> bytes, the process's
         self.small = SmallPinned(device)                 # transfers under BULK_BYTES
+        self._copiers: ThreadPoolExecutor | None = None  # made at the first staged copy
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         if self._pinned is None or self._pinned.numel() < nbytes:
@@ -190,7 +202,8 @@ class HostStaging:
         step = max(1, CHUNK_BYTES // src.element_size())
         for lo in range(0, src.numel(), step):
             hi = min(lo + step, src.numel())
-            stage[lo:hi].copy_(src[lo:hi])                      # CPU: pageable -> pinned
+            self._copiers = self._copiers or ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="staging")
+            parallel_copy(stage[lo:hi], src[lo:hi], self._copiers)  # CPU: pageable -> pinned
             dst[lo:hi].copy_(stage[lo:hi], non_blocking=True)   # DMA, while the CPU takes the next chunk
         # the next copy (another dtype's buffer, the next call) reuses the staging buffer from byte 0
         torch.cuda.current_stream(self.device).synchronize()
