@@ -7,11 +7,13 @@ import time
 
 import pytest
 
-from fixtures.cells import baseline_gate, report_target_misses
+from fixtures.cells import baseline_gate, report_target_misses, report_verdicts
+from fixtures.testbed import ENV_KEY
 from fixtures.options import suite_options
 from harness.compute.modes import MODES
 from harness.compute.phase import PHASES
 from harness.report.invariants import busy_host_misses, check_cell, target_misses
+from harness.report.verdicts import across_cells
 
 CELLS = [(phase, mode) for phase in PHASES for mode in MODES]
 IDLE_S = 0.005  # a decode step's length where the run has no local decode cell: within the range
@@ -85,3 +87,15 @@ def test_control_rpc_noop(benchmark, gap_testbed, gap_results, gap_controls, req
                                 "rtt_in_step_s": step_rtt(proxy.hold_remote, hold_s),
                                 "hold_s": hold_s}
     benchmark.extra_info.update(gap_controls["rpc_noop"])
+
+
+@pytest.mark.cell
+def test_targets(gap_results, gap_controls, copy_bandwidth, memory_floor, request):
+    """The targets that take several cells and the controls, each judged on its interval
+    (harness.report.verdicts): sys_simulated's time per token beyond local's against one empty
+    round trip + 0.5 ms, and every cell's latency and the decode cells' TPOT at or above their
+    floors. A fail fails the run under --gap-strict and warns otherwise; an inconclusive one warns."""
+    verdicts = across_cells(list(gap_results.values()), gap_controls, request.config.stash[ENV_KEY])
+    if not verdicts:
+        pytest.skip("no target has its inputs here: its cells or the empty-RPC control were deselected")
+    report_verdicts(verdicts, suite_options(request.config).strict)

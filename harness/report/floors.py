@@ -68,18 +68,26 @@ def overlapped_s(parts: dict) -> float:
             + p["round trips"])
 
 
-def floor_rows(infos, controls: dict, env: dict) -> list[dict]:
-    """Per cell with a measured latency and the local cell's compute, its floors and ratios."""
+def cell_floors(infos, controls: dict, env: dict) -> list[tuple]:
+    """(cell, its floor's parts) for every cell with a measured latency and its phase's local
+    compute, in the table's order."""
     link_gbps = best_iperf_gbps(env.get("link_check") or {})
     copy = env.get("copy_gbps") or {}
     rtt = (controls.get("rpc_noop") or {}).get("rtt_s")
     compute = {i.phase: i.summary.time.get("server_compute_s") for i in infos if not MODES[i.mode].remote}
-    rows = []
+    out = []
     for info in sorted(infos, key=_sort_key):
         parts = cell_floor(info, compute.get(info.phase), link_gbps, copy, rtt)
+        if parts and info.summary.latency_s.mean is not None:
+            out.append((info, parts))
+    return out
+
+
+def floor_rows(infos, controls: dict, env: dict) -> list[dict]:
+    """Per cell with a measured latency and the local cell's compute, its floors and ratios."""
+    rows = []
+    for info, parts in cell_floors(infos, controls, env):
         measured = info.summary.latency_s.mean
-        if not parts or measured is None:
-            continue
         serial, overlapped = serial_s(parts), overlapped_s(parts)
         rows.append({"Phase": info.phase, "Mode": info.mode, "Latency (s)": f"{measured:.4f}",
                      "Serial floor (s)": f"{serial:.4f}", "Overlapped floor (s)": f"{overlapped:.4f}",
