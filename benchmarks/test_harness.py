@@ -3,6 +3,7 @@ nothing here asserts a timing (shared machines are noisy: compare ratios from on
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from harness.compute.phase import run_phase
 from harness.report.verdicts import INCONCLUSIVE, loop_vs_generate, probe_overhead
 
 PROBE_PAIRS, PROBE_PAIRS_MORE, PROBE_PAIRS_MAX = 15, 10, 45  # alternating pairs: first, added while inconclusive, cap
+PROBE_MORE_S = 60.0  # no pairs are added once the control has run this long (a large model's round is seconds)
 
 
 @pytest.mark.cell
@@ -84,8 +86,8 @@ def test_control_empty_forward(benchmark, client_models, request):
 def test_capture_overhead(benchmark, make_cell, gap_controls, request):
     """Naive prefill rounds with the probe (tcpdump, dmon, NVML sampler) on and off, alternating:
     the latency ratio on/off (target <= 1.02: the median over pairs, judged on its interval; pairs
-    are added while the interval straddles the target, up to a cap) and the capture analysis'
-    share of a round."""
+    are added while the interval straddles the target, up to a cap in pairs and in time) and the
+    capture analysis' share of a round."""
     opts = suite_options(request.config)
     cell = make_cell("naive", "prefill")
     on, off, share = [], [], []
@@ -104,10 +106,12 @@ def test_capture_overhead(benchmark, make_cell, gap_controls, request):
                 f()
 
     def measure():
+        t0 = time.perf_counter()
         bare()  # warm-up, not recorded
         off.clear()
         pairs(max(opts.rounds, PROBE_PAIRS))  # short rounds vary: enough pairs for a steady median
-        while len(on) < PROBE_PAIRS_MAX and probe_overhead(ratios()).outcome == INCONCLUSIVE:
+        while (len(on) < PROBE_PAIRS_MAX and time.perf_counter() - t0 < PROBE_MORE_S
+               and probe_overhead(ratios()).outcome == INCONCLUSIVE):
             pairs(PROBE_PAIRS_MORE)
     # each pair ran back to back: per-pair ratios cancel slow drift (docs/evidence.md)
     ratios = lambda: [a / b for a, b in zip(on, off)]

@@ -41,7 +41,7 @@ class Ahead:
     def _queue(self, ids: torch.Tensor) -> None:
         """Queue a forward of ids ([batch, n], host or device) and its token's copy to the host."""
         i = self.queued % 2
-        _, self.tokens = self.engine._run(self.slot, ids, self.spans[i])  # [batch] on the device
+        _, self.tokens = self.engine.launch(self.slot, ids, self.spans[i])  # [batch] on the device
         if self.out[i].numel() != self.tokens.numel():
             self.out[i] = torch.empty(self.tokens.numel(), dtype=torch.long, pin_memory=True)
         self.out[i].copy_(self.tokens, non_blocking=True)

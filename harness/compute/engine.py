@@ -190,7 +190,7 @@ class Engine:
     def forward(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
         """ids [batch, n] on the device; extends the slot's cache; last position's logits [batch, vocab]
         (for a replayed graph, its output buffer: read it before the next forward)."""
-        return self._run(slot, ids)[0]
+        return self.launch(slot, ids)[0]
 
     def next_tokens(self, slot: Slot, ids, clock) -> list[int]:
         """The greedy step as the local loop and the semantics-aware worker run it: ids (a step's
@@ -201,7 +201,7 @@ class Engine:
         (the copies in and out, the forward), d2h_s reading the tokens; gpu_span_s the forward's."""
         host = self.io.host_ids(ids)
         clock.lap("h2d_s", sync=False)
-        _, tokens = self._run(slot, host)
+        _, tokens = self.launch(slot, host)
         out = self.io.start_download(tokens)
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
@@ -211,10 +211,10 @@ class Engine:
         clock.lap("d2h_s", sync=False)
         return tokens
 
-    def _run(self, slot: Slot, ids: torch.Tensor, events=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids [batch, n] on the device or the host -> (logits [batch, vocab], tokens [batch]) on
-        the device; events (the engine's own pair by default) on the stream bracket the forward's
-        device work (gpu_span_s)."""
+    def launch(self, slot: Slot, ids: torch.Tensor, events=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queue a forward: ids [batch, n] on the device or the host -> (logits [batch, vocab],
+        tokens [batch]) on the device, not yet computed on an asynchronous one; events (the
+        engine's own pair by default) on the stream bracket the forward's device work (gpu_span_s)."""
         events = events or self._span
         with torch.inference_mode():
             if self._replayable(slot, ids):
