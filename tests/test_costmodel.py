@@ -394,7 +394,7 @@ def test_a_sweep_against_a_repeat_of_its_grid_reports_each_cells_largest_differe
     assert rows["sys_simulateddecode"]["At (bytes)"] == target.label.rsplit(" ", 1)[0]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no point JSON there"):
-        sweepreport.repeated(points, tmp_path / "empty")
+        sweepreport._earlier(tmp_path / "empty")
 
 
 def test_committed_extrapolation_regenerates_byte_identical(monkeypatch, tmp_path):
@@ -425,3 +425,25 @@ def test_extrapolate_says_what_is_wrong_in_one_line(tmp_path, capsys):
     assert e.value.code == 2 and "--check and --check-fit go together" in capsys.readouterr().err
     assert extrapolate.main(["--fit", str(tmp_path / "none.json"), "--steps", "50", "--out", str(tmp_path)]) == 2
     assert "extrapolate: error:" in capsys.readouterr().err
+
+
+def test_held_out_verdicts_apply_the_decided_targets():
+    """Latency within 10%, or two of the point's own standard errors where that is wider (the
+    verdict says which); bytes within 1% for cells moving >= 1 MB a call, smaller ones against the
+    cell's run-to-run spread, and n/a without another run to judge against."""
+    from types import SimpleNamespace as NS
+    from harness.predict.heldout import bytes_verdict, latency_verdict
+
+    def row(lat_err, se=None, bytes_err=0.0, payload=10e6, phase="prefill"):
+        measured = NS(latency_s=1.0, latency_se_s=se, payload_bytes=payload)
+        return NS(point=NS(measured=measured, label="P=128 decode-naive", phase=phase, steps=4),
+                  latency_error=lat_err, bytes_error=bytes_err)
+    assert latency_verdict([row(0.05)]) == "pass (within 10%)"
+    assert latency_verdict([row(0.12, se=0.07)]) == "pass (within 2 SE)"
+    assert latency_verdict([row(0.12, se=0.01)]) == "miss: P=128 decode-naive: +12.0% > 10.0%"
+    assert bytes_verdict([row(0, bytes_err=0.005)], None) == "pass (within 1%)"
+    assert bytes_verdict([row(0, bytes_err=0.02)], None).startswith("miss: 2.000% > 1%")
+    small = row(0, bytes_err=0.03, payload=5e3, phase="decode")  # 1 KB a call
+    assert bytes_verdict([small], 0.05).startswith("pass: 3.000% against the cell's run-to-run spread 5.000%")
+    assert bytes_verdict([small], -0.02).startswith("miss")
+    assert bytes_verdict([small], None).startswith("n/a")

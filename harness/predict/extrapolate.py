@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.predict import costmodel as cm
-from harness.predict.sweepreport import grid, md_table
+from harness.predict.heldout import grid
+from harness.predict.sweepreport import md_table
 from harness.report.cli import report_written
 from harness.report.units import human_bytes
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from harness.compute.modes import MODES
 from harness.measure.results import SWEEP_INDEX, load_infos, point_files
 from harness.predict import costmodel as cm
+from harness.predict.heldout import _grid_rate, _pct, grid, largest_difference, spreads, summary_rows
 from harness.report.analysis import TIME_PARTS
 from harness.report.cli import report_written
 from harness.report.plots import LEGEND_PT, LINE_STYLES, MODE_STYLE, provenance, pyplot, style_legend, ticks_at
@@ -38,17 +39,6 @@ README = "README.md"
 def _rate(p: cm.Point) -> float:
     """A point's link rate for plotting: unshaped at the rate its iperf3 measured."""
     return p.link.nominal_gbps or p.link.goodput_Bps * 8 / 1e9
-
-
-def _grid_rate(p: cm.Point) -> float:
-    """A point's link rate as the grid names it: unshaped is the fastest (each unshaped point
-    measures its own iperf3, so their measured rates differ)."""
-    return p.link.nominal_gbps or math.inf
-
-
-def grid(p: cm.Point) -> tuple:
-    """A point's place in the grid: link rate, prompt length, added round trip."""
-    return _grid_rate(p), p.prompt_len, p.link.rtt_s
 
 
 def corners(points: list[cm.Point]) -> list[cm.Point]:
@@ -81,35 +71,6 @@ def repeatability_rows(points: list[cm.Point]) -> list[dict]:
     return rows
 
 
-def summary_rows(ev: cm.Evaluation) -> list[dict]:
-    """Per mode and phase, the largest held-out errors: what the targets (10%, 1%) are read against;
-    beside each, the largest standard error of a held-out point's own mean (its rounds' spread): an
-    error no larger than that is within what the measurement itself can tell."""
-    rows = []
-    for phase in ("prefill", "decode"):
-        for mode in MODES:
-            held = [r for r in ev.held_out() if r.point.phase == phase and r.point.mode == mode]
-            if not held:
-                continue
-            lat = max(abs(r.latency_error) for r in held)
-            byt = [abs(r.bytes_error) for r in held if r.bytes_error is not None]
-            lat_se = _largest_se(held, "latency_se_s", "latency_s")
-            byt_se = _largest_se(held, "bytes_se", "bytes") if byt else None
-            rows.append({"Phase": phase, "Mode": mode, "Held-out points": len(held),
-                         "Worst latency error": f"{lat:.1%}",
-                         "Latency's own standard error (largest)": _pct(lat_se, 1),
-                         "Worst bytes error": f"{max(byt):.3%}" if byt else "n/a (local)",
-                         "Bytes' own standard error (largest)": _pct(byt_se, 3) if byt else "n/a (local)"})
-    return rows
-
-
-def _largest_se(rows, se: str, mean: str) -> float | None:
-    """The largest relative standard error (se / mean) among rows' measured points; None where none has one."""
-    vals = [getattr(r.point.measured, se) / getattr(r.point.measured, mean) for r in rows
-            if getattr(r.point.measured, se) is not None and getattr(r.point.measured, mean)]
-    return max(vals, default=None)
-
-
 def write(folder: Path, predict: list[Path] = (), repeat_of: Path | None = None) -> list[Path]:
     """The README and plots; predict: runs outside the sweep (another step count, say) that the
     model, fitted on every point of it, predicts, each cell with its error; repeat_of: another
@@ -120,6 +81,7 @@ def write(folder: Path, predict: list[Path] = (), repeat_of: Path | None = None)
     points = sorted(cm.load_all(files), key=lambda p: (p.phase, p.mode, p.prompt_len, _grid_rate(p)))
     fit_on = corners(points)
     ev = cm.evaluate(points, fit_on, points)
+    earlier = _earlier(repeat_of)
     pngs = plot(folder, points, ev, files)
     lat, byt = ev.worst()
     command = " ".join(["python -m harness.predict.sweepreport", folder.as_posix(),
@@ -137,10 +99,11 @@ def write(folder: Path, predict: list[Path] = (), repeat_of: Path | None = None)
              f"Worst held-out error: latency {_pct(lat, 1)}, bytes {_pct(byt, 3)}. Beside each, the largest "
              "standard error of a held-out point's own mean (its rounds' spread / sqrt(rounds)): an error "
              "within about two of those is as close as the point's own rounds agree.", "",
-             md_table(summary_rows(ev)) if ev.held_out() else "No point is held out: the grid has only corners.",
+             md_table(summary_rows(ev, spreads(points, earlier))) if ev.held_out()
+             else "No point is held out: the grid has only corners.",
              "", md_table(cm.eval_rows(ev)), "", "Components of this fit:", "",
              md_table(cm.component_rows(ev.components), ["Term", "Value", "Unit", "From"]), "",
-             *_repeatability(points), *repeated(points, repeat_of),
+             *_repeatability(points), *repeated(points, repeat_of, earlier),
              *outside(points, predict), "## Plots", "",
              *[f"![{p.stem}]({p.name})" for p in pngs], ""]
     readme = folder / README
@@ -171,8 +134,8 @@ def repeat_rows(points: list[cm.Point], earlier: list[cm.Point]) -> list[dict]:
                      if p.phase == phase and p.mode == mode and (grid(p), phase, mode) in theirs]
             if not pairs:
                 continue
-            lat, lat_at = _largest_difference(pairs, "latency_s")
-            byt, byt_at = _largest_difference(pairs, "bytes") if MODES[mode].remote else (None, "")
+            lat, lat_at = largest_difference(pairs, "latency_s")
+            byt, byt_at = largest_difference(pairs, "bytes") if MODES[mode].remote else (None, "")
             rows.append({"Phase": phase, "Mode": mode, "Points in both": len(pairs),
                          "Largest latency difference": f"{lat:+.1%}", "At (latency)": lat_at,
                          "Largest bytes difference": "n/a (local)" if byt is None else f"{byt:+.3%}",
@@ -180,22 +143,22 @@ def repeat_rows(points: list[cm.Point], earlier: list[cm.Point]) -> list[dict]:
     return rows
 
 
-def _largest_difference(pairs: list[tuple[cm.Point, cm.Point]], field: str) -> tuple[float, str]:
-    """The largest relative difference of measured `field` over (this, earlier) pairs, and its point."""
-    def diff(pair):
-        return getattr(pair[0].measured, field) / getattr(pair[1].measured, field) - 1
-    worst = max(pairs, key=lambda pair: abs(diff(pair)))
-    return diff(worst), worst[0].label.rsplit(" ", 1)[0]
+def _earlier(other: Path | None) -> list[cm.Point] | None:
+    """The points of another run of the grid (--repeat-of), or None."""
+    if other is None:
+        return None
+    files = point_files(other)
+    if not files:
+        raise ValueError(f"--repeat-of {other}: no point JSON there (a sweep's --out folder)")
+    return cm.load_all(files)
 
 
-def repeated(points: list[cm.Point], other: Path | None) -> list[str]:
+def repeated(points: list[cm.Point], other: Path | None, earlier: list[cm.Point] | None) -> list[str]:
     """README lines: this sweep's cells against another run of the same grid (repeat_rows)."""
     if other is None:
         return []
     files = point_files(other)
-    if not files:
-        raise ValueError(f"--repeat-of {other}: no point JSON there (a sweep's --out folder)")
-    rows = repeat_rows(points, cm.load_all(files))
+    rows = repeat_rows(points, earlier)
     if not rows:
         raise ValueError(f"--repeat-of {other}: no point of it is in this sweep's grid")
     mine, theirs = _commits(sorted({Path(p.run.path) for p in points if p.run})), _commits(files)
@@ -231,10 +194,6 @@ def outside(points: list[cm.Point], runs: list[Path]) -> list[str]:
 
 def md_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return markdown_table(rows, columns or list(rows[0])) if rows else "(none)"
-
-
-def _pct(v: float | None, digits: int) -> str:
-    return "n/a" if v is None else f"{v:.{digits}%}"
 
 
 def _rate_label(r: float) -> str:
