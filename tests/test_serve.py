@@ -163,3 +163,24 @@ def test_report_renders_a_table_and_two_plots(tmp_path):
     paths = plot(points, tmp_path, "gpt2", "NVIDIA H100", "0123456789abcdef")
     assert [p.name for p in paths] == ["serve_tokens_per_s.png", "serve_tpot_p99.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_report_is_made_again_from_a_clients_runs_json(tmp_path):
+    """python -m harness.serve.report OUT.json: the table and the plots from the JSON alone (its
+    clients cases' extra_info), titled from its machine_info; a JSON without a clients case is one
+    line and exit 2."""
+    import json
+    from harness.serve.report import main
+    s = summarize(RECORDS, link_bytes=1000, slo_tpot_s=0.3).to_dict()
+    cases = [{"name": f"test_clients[N{n}-{m}]", "extra_info": {"mode": m, "clients": n, "summary": s}}
+             for m in ("local", "sys_simulated") for n in (1, 4)]
+    data = {"benchmarks": [{"name": "test_cell[decode-local]", "extra_info": {}}, *cases],
+            "machine_info": {"semantic_gap": {"model": "tiny", "dtype": "fp32", "command": ["pytest", "benchmarks"]}},
+            "commit_info": {"id": "0123456789abcdef"}}
+    (tmp_path / "run.json").write_text(json.dumps(data))
+    assert main([str(tmp_path / "run.json")]) == 0
+    table = (tmp_path / "clients.md").read_text()
+    assert "| local | 4 | 5.0 |" in table and "| sys_simulated | 1 |" in table and "test_cell" not in table
+    assert (tmp_path / "serve_tokens_per_s.png").exists() and (tmp_path / "serve_tpot_p99.png").exists()
+    (tmp_path / "none.json").write_text(json.dumps(data | {"benchmarks": data["benchmarks"][:1]}))
+    assert main([str(tmp_path / "none.json")]) == 2
