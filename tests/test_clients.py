@@ -140,3 +140,23 @@ def test_the_clients_benchmark_runs_as_users_run_it(tmp_path):
     lines = out.with_suffix(".requests.jsonl").read_text().splitlines()
     assert len(lines) == sum(c["clients"] * 2 for c in cases.values())
     assert "many clients, one worker" in proc.stdout
+
+
+def test_the_batcher_makes_its_rows_on_its_own_thread(tiny):
+    """Given a function, the batcher calls it on its thread (where every step of the model then
+    runs), and a failure there is the constructor's own."""
+    import threading
+    made_on = []
+
+    def make():
+        made_on.append(threading.current_thread().name)
+        return Rows(tiny, 1, 32)
+    batcher = Batcher(make)
+    try:
+        sid = batcher.open("alice")
+        assert isinstance(batcher.prefill(sid, "alice", [1, 2, 3]).wait(), int)
+        assert made_on == [batcher.thread.name] and batcher.thread is not threading.main_thread()
+    finally:
+        batcher.stop()
+    with pytest.raises(ValueError, match="no rows here"):
+        Batcher(lambda: (_ for _ in ()).throw(ValueError("no rows here")))

@@ -56,18 +56,35 @@ class _Job:
 
 class Batcher:
     def __init__(self, rows, lease_s: float = LEASE_S):
-        self.rows = rows                # harness.compute.rows.Rows: its methods run on our thread only
+        """rows: a harness.compute.rows.Rows, whose methods run on the batcher's thread only, or a
+        function that makes one, called on that thread: then the model's every op can run on one
+        thread (on a CPU, steps on a second thread after the first had run the model's ops took
+        1.25x as long: docs/evidence.md)."""
         self.lease_s = lease_s
         self.sessions: dict[str, Session] = {}
-        self.free_rows = list(range(rows.slots))[::-1]
         self.queue: list[_Job] = []
         self.passes = 0                 # forwards of the decode batch
         self.pass_s = 0.0               # the last pass's seconds (the gather window's measure)
         self.batched = 0                # decode steps they served (÷ passes: the mean batch)
         self.cv = threading.Condition()
         self.stopped = False
-        self.thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        made, failed = threading.Event(), []
+        self.thread = threading.Thread(target=self._start, args=(rows, made, failed), name="batcher", daemon=True)
         self.thread.start()
+        made.wait()
+        if failed:
+            raise failed[0]
+        self.free_rows = list(range(self.rows.slots))[::-1]
+
+    def _start(self, rows, made: threading.Event, failed: list) -> None:
+        try:
+            self.rows = rows() if callable(rows) else rows
+        except BaseException as e:  # the caller raises it
+            failed.append(e)
+            return
+        finally:
+            made.set()
+        self._loop()
 
     # -- the clients' side (any thread) -----------------------------------------------------------
     def open(self, owner: str) -> str:

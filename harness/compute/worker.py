@@ -227,7 +227,7 @@ class RemoteWorker:
         batched, on the loaded weights; the clients reach this worker by its key."""
         self._require_weights()
         self._stop_batcher()
-        self.batcher = Batcher(Rows(self.model, slots, max_len), lease_s)
+        self.batcher = Batcher(lambda: Rows(self.model, slots, max_len), lease_s)  # made on the batcher's thread
 
     def share_remote(self) -> None:
         """Keep this worker past its maker's RRef: the other clients call it by key."""

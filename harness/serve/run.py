@@ -60,8 +60,9 @@ def run_local(cfg: ServeConfig) -> ServeRun:
     from harness.serve.client import run_plan, warm_up
     from harness.serve.sessions import LocalSessions
 
-    model = build_model(cfg.spec, cfg.device or default_device())
-    batcher = Batcher(Rows(model, cfg.slots, cfg.max_len), cfg.lease_s)
+    # the model is made on the batcher's thread, which runs all its work (harness.compute.batcher)
+    batcher = Batcher(lambda: Rows(build_model(cfg.spec, cfg.device or default_device()), cfg.slots, cfg.max_len),
+                      cfg.lease_s)
     vocab, plans = load_config(cfg.spec).vocab_size, plan(cfg.shape)
     for c in range(cfg.shape.clients):
         warm_up(LocalSessions(batcher, f"client{c}"), cfg.prompt_len, vocab)
