@@ -62,6 +62,9 @@ def test_cell(benchmark, make_cell, gap_results, copy_bandwidth, memory_floor, r
     if MODES[mode].remote:
         cell.dissect()
     info = cell.info()
+    if mode == "local" and cell.backend.engine.capture_s:  # first captures (compilation included), by tokens a step
+        captured = request.config.stash[ENV_KEY].setdefault("local_capture_s", {})
+        captured.update({str(n): s for n, s in cell.backend.engine.capture_s.items() if str(n) not in captured})
     benchmark.extra_info.update(info.to_dict())
     gap_results[info.name] = info
     failures = check_cell(info, gap_results.values()) + baseline_gate(request.config, request.node.name, info)

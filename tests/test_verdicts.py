@@ -400,3 +400,13 @@ def test_a_cell_beside_busy_neighbours_says_so():
     assert busy_host_misses(quiet, []) == [] and busy_host_misses(cell("naive"), []) == []
     assert table_rows([busy])[0]["Latency (s)"].endswith(BUSY_MARK)
     assert not table_rows([quiet])[0]["Latency (s)"].endswith(BUSY_MARK)
+
+
+def test_the_worker_and_the_local_loop_compile_times_are_rows_of_their_own():
+    """Compilation is reported apart from the rounds: the worker's before the cells, the local
+    loop's in its cells' warm-up (where inductor's cache on disk serves the second process)."""
+    from harness.report.tables import harness_rows
+    rows = {r["Check"]: r["Figure"] for r in harness_rows(three(), {}, {}, {"1": 20.8, "128": 5.2}, {"1": 2.0})}
+    assert rows["the worker's graphs captured (compiled) before the cells, by tokens a step"] == "1: 20.8 s, 128: 5.2 s"
+    assert rows["the local loop's graphs captured (compiled) in its first cells' warm-up, after the worker's, "
+                "by tokens a step"] == "1: 2.0 s"

@@ -202,7 +202,8 @@ def _ratio(num: float | None, den: float | None) -> str:
     return "n/a" if not num or not den else f"{num / den:,.1f}x"
 
 
-def harness_rows(infos, controls: dict, link: dict, worker_capture: dict | None = None) -> list[dict]:
+def harness_rows(infos, controls: dict, link: dict, worker_capture: dict | None = None,
+                 local_capture: dict | None = None) -> list[dict]:
     """The harness's own evidence: is the link measured, is the RPC path fast enough, what does
     the probe cost, is the baseline honest, does the payload model close, do the parts add up.
     A check with nothing to show in this run (no link, no controls run) has no row."""
@@ -211,7 +212,7 @@ def harness_rows(infos, controls: dict, link: dict, worker_capture: dict | None 
     rows = [_link_row(link), _rpc_path_row(summaries, mode_of), _probe_cost_row(controls.get("capture_overhead")),
             _capture_step_row(controls.get("capture_step_cost")),
             _analysis_row(summaries, mode_of), _baseline_row(controls.get("local_vs_generate")),
-            _capture_row(worker_capture),
+            _capture_row(worker_capture), _capture_row(local_capture, "the local loop's"),
             _tpot_row(infos, controls.get("rpc_noop"), controls.get("local_gap")),
             _step_parts_row(infos, controls.get("rpc_noop")), _step_io_row(controls.get("step_io")),
             _closure_row(summaries), _time_sum_row(summaries),
@@ -303,11 +304,13 @@ def _step_io_row(io):
             f"(medians of {io['round_trips']})", "-")
 
 
-def _capture_row(capture):
-    """The worker's capture (and compilation) of its steps before any cell, by step length."""
+def _capture_row(capture, whose: str = "the worker's"):
+    """The worker's capture (and compilation) of its steps before any cell, or the local loop's in
+    its cells' warm-up (inductor's cache, on disk, serves the second process), by step length."""
     if not capture:
         return None
-    return ("the worker's graphs captured (compiled) before the cells, by tokens a step",
+    when = "before the cells" if whose == "the worker's" else "in its first cells' warm-up, after the worker's"
+    return (f"{whose} graphs captured (compiled) {when}, by tokens a step",
             ", ".join(f"{n}: {s:.1f} s" for n, s in sorted(capture.items(), key=lambda kv: int(kv[0]))), "-")
 
 
@@ -353,7 +356,8 @@ def _time_sum_row(summaries):
 def full_report(infos, controls: dict | None = None, env: dict | None = None) -> str:
     """env: machine_info's semantic_gap (link check, copy rates, RPC channel), where known."""
     infos, controls, env = list(infos), controls or {}, env or {}
-    checks = harness_rows(infos, controls, env.get("link_check") or {}, env.get("worker_capture_s"))
+    checks = harness_rows(infos, controls, env.get("link_check") or {}, env.get("worker_capture_s"),
+                          env.get("local_capture_s"))
     floors = floor_rows(infos, controls, env)
     memory = memory_rows(infos, env.get("memory_floor"))
     targets = of_run(infos, controls, env)
