@@ -98,6 +98,7 @@ def test_targets(gap_results, gap_controls, copy_bandwidth, memory_floor, reques
     (harness.report.verdicts): sys_simulated's time per token beyond local's against one empty
     round trip + 0.5 ms, and every cell's latency and the decode cells' TPOT at or above their
     floors. A fail fails the run under --gap-strict and warns otherwise; an inconclusive one warns."""
+    # copy_bandwidth and memory_floor: asked for so that the run's environment holds them (the floors' inputs)
     verdicts = across_cells(list(gap_results.values()), gap_controls, request.config.stash[ENV_KEY])
     if not verdicts:
         pytest.skip("no target has its inputs here: its cells or the empty-RPC control were deselected")

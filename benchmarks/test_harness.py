@@ -14,7 +14,7 @@ from harness.cell import SETTLE_ROUNDS
 from harness.compute.baseline import compare, gap_cost
 from harness.compute.models import forward_step, load_config, prompt_ids
 from harness.compute.phase import run_phase
-from harness.report.verdicts import INCONCLUSIVE, loop_vs_generate, probe_overhead
+from harness.report.verdicts import INCONCLUSIVE, of_controls, probe_overhead
 
 PROBE_PAIRS, PROBE_PAIRS_MORE, PROBE_PAIRS_MAX = 15, 10, 45  # alternating pairs: first, added while inconclusive, cap
 PROBE_MORE_S = 60.0  # no pairs are added once the control has run this long (a large model's round is seconds)
@@ -33,8 +33,7 @@ def test_local_loop_vs_generate(benchmark, client_models, gap_controls, request)
                                 kwargs={"spec": opts.spec}, rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     gap_controls["local_vs_generate"] = result
-    peer = "compiled static-cache generate()" if result.get("generate_compiled") else "generate()"
-    report_verdicts([loop_vs_generate(result["tpot_loop_all_s"], result["tpot_generate_all_s"], peer)], opts.strict)
+    report_verdicts(of_controls({"local_vs_generate": result}), opts.strict)
 
 
 @pytest.mark.cell

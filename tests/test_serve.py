@@ -160,7 +160,7 @@ def test_report_renders_a_table_and_two_plots(tmp_path):
     table = markdown(points).splitlines()
     assert table[0] == "| " + " | ".join(COLUMNS) + " |" and len(table) == 2 + 9
     assert table[2].startswith("| local | 1 | 5.0 | 250.00 | 495.00 | 375.00 | 497.50 | 100 B | 1.00 | 3/1 (1 failed) |")
-    paths = plot(points, tmp_path, "gpt2", "NVIDIA H100", "0123456789abcdef")
+    paths = plot(points, tmp_path, "gpt2 (fp16) on NVIDIA H100, commit 0123456")
     assert [p.name for p in paths] == ["serve_tokens_per_s.png", "serve_tpot_p99.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 

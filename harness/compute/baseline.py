@@ -58,8 +58,8 @@ def gap_cost(model, prompt, steps: int, gap_s: float, engine: EngineSpec = Engin
     ran slower, its copies of the ids in and the token out taking longer
     (scripts/diagnose/step_gap.py; docs/evidence.md). The part of sys_simulated's extra time per
     token that is the GPU's, not the RPC's."""
-    backend = LocalBackend(model, resolved(engine, model))
-    backend.ahead = None  # the worker's one-synchronisation step: nothing is queued, so the GPU idles for the gap
+    # the worker's one-synchronisation step: nothing is queued ahead, so the GPU idles for the gap
+    backend = LocalBackend(model, resolved(engine, model), ahead=False)
     # the CPU waits awake, so only the GPU goes idle, as it does while a step's round trip runs;
     # run_phase calls it after each forward, outside the step's time
     wait = lambda i, n: spin(gap_s)

@@ -61,14 +61,15 @@ class LocalBackend:
     mode = "local"
     load = None  # nothing to load: the model lives here
 
-    def __init__(self, model, engine: EngineSpec = EngineSpec()):
+    def __init__(self, model, engine: EngineSpec = EngineSpec(), ahead: bool = True):
         self.engine = Engine(model, engine)
         self.device = self.engine.device
         self.tally = Tally()
         self.slot = None
         # on an asynchronous device the greedy loop queues each announced step before it reads the
-        # last one's token (harness.compute.ahead); elsewhere a step is the worker's one-sync step
-        self.ahead = Ahead(self.engine) if self.device.type == "cuda" else None
+        # last one's token (harness.compute.ahead); elsewhere, or with ahead=False, a step is the
+        # worker's one-synchronisation step
+        self.ahead = Ahead(self.engine) if ahead and self.device.type == "cuda" else None
 
     def prefill(self, ids, steps: int = 0):
         clock = Clock(self.device)  # the session's set-up is in the first part, as the worker's is in its call

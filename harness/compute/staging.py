@@ -7,11 +7,11 @@ server would: through page-locked host memory, in bulk, straight into the parame
   the pinned buffer chunk by chunk while the DMA engine moves the chunk before: the CPU copy and
   the bus transfer overlap. The CPU copy runs on COPY_THREADS threads: one thread's memcpy moves
   less than a fast link delivers, and a stateless call's chunks are staged as they land, each
-  one's copy inside the request's wire time (docs/evidence.md). Better still, the receive buffer itself becomes page-locked: under the
-  worker's malloc policy (harness.compute.hostmem: no mmap, the heap never trimmed) the next call's
-  tensors land at the addresses this call's did, so after a staged copy the received range is
-  registered with CUDA (cudaHostRegister) and from then on TensorPipe receives into pinned memory
-  and the copy is one DMA. Only under that policy: memory the C library could hand back to the
+  one's copy inside the request's wire time (docs/evidence.md). Better still, the receive buffer
+  itself becomes page-locked: under the worker's malloc policy (harness.compute.hostmem: no mmap,
+  the heap never trimmed) the next call's tensors land at the addresses this call's did, so after
+  a staged copy the received range is registered with CUDA (cudaHostRegister) and from then on
+  TensorPipe receives into pinned memory and the copy is one DMA. Only under that policy: memory the C library could hand back to the
   kernel must not stay registered.
 - FlatParams: the model's parameters and persistent buffers re-homed as views into one device
   buffer per dtype, laid out exactly as harness.compute.packing.pack lays out the client's
@@ -200,9 +200,9 @@ class HostStaging:
     def _staged(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         stage = self._buffer(src.nbytes)[:src.nbytes].view(src.dtype)
         step = max(1, CHUNK_BYTES // src.element_size())
+        self._copiers = self._copiers or ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="staging")
         for lo in range(0, src.numel(), step):
             hi = min(lo + step, src.numel())
-            self._copiers = self._copiers or ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="staging")
             parallel_copy(stage[lo:hi], src[lo:hi], self._copiers)  # CPU: pageable -> pinned
             dst[lo:hi].copy_(stage[lo:hi], non_blocking=True)   # DMA, while the CPU takes the next chunk
         # the next copy (another dtype's buffer, the next call) reuses the staging buffer from byte 0

@@ -58,17 +58,22 @@ def link_emulation(link) -> dict:
     return {"link_rate_gbps": link.rate_gbps, "link_rtt_ms": link.rtt_ms or 0.0, "link_profile": link.profile}
 
 
+def run_facts(opts, host) -> dict:
+    """What every run records (the suite's cells, the clients run): software, command, model and
+    workload, and the GPU host's card (host: a harness.testbed.hosts.GpuHost)."""
+    return {"versions": versions(), "command": ["pytest", *sys.argv[1:]], "strict": opts.strict,
+            "model": opts.spec.name, "dtype": opts.spec.dtype, "prompt_len": opts.prompt_len, "steps": opts.steps,
+            "gpu": nvidia_smi(host)}
+
+
 def describe_testbed(bed, opts) -> dict:
     worker = call(bed.worker(opts.spec, opts.engine_spec), "stats_remote")
-    return {"versions": versions(), "command": ["pytest", *sys.argv[1:]], "strict": opts.strict,
-            "prompt_len": opts.prompt_len, "steps": opts.steps, "batch": opts.batch, "rounds": opts.rounds,
+    return {**run_facts(opts, bed.link.host), "batch": opts.batch, "rounds": opts.rounds,
             "rounds_stateful": opts.rounds_for("sys_simulated"),
-            "warmup": opts.warmup,
-            "gpu": nvidia_smi(bed.link.host), "link": bed.link.label,
+            "warmup": opts.warmup, "link": bed.link.label,
             "link_kind": bed.link.kind, "client_link": link_facts(bed.link.client_iface),
             **link_emulation(bed.link),
             "rpc": {"transports": ["uv"], "channels": [bed.cfg.channel]},
-            "model": opts.spec.name, "dtype": opts.spec.dtype,
             "device": worker["device"], "client_device": opts.resolved_device,
             # the malloc policy changes what naive's receive and local's activations cost (harness/compute/hostmem.py)
             "worker_malloc": worker["malloc"], "client_malloc": hostmem.POLICY, "engine": worker["engine"],

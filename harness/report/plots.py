@@ -16,10 +16,14 @@ LEGEND_PT = 8
 
 
 def provenance(json_paths) -> str:
-    """'model (dtype) on CARD, commit abc1234' from runs' JSON (commits joined where they differ)."""
+    """'model (dtype) on CARD, commit abc1234' from runs' JSON files (commits joined where they differ)."""
+    return provenance_of(json.loads(Path(path).read_text()) for path in json_paths)
+
+
+def provenance_of(runs) -> str:
+    """provenance() of runs' JSON already read."""
     seen = {}
-    for path in json_paths:
-        data = json.loads(Path(path).read_text())
+    for data in runs:
         env = data["machine_info"]["semantic_gap"]
         card = (env.get("gpu") or {}).get("name") or "CPU"
         seen.setdefault((env["model"], env["dtype"], card), set()).add(data["commit_info"]["id"][:7])

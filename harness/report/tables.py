@@ -18,6 +18,7 @@ from harness.report.verdicts import (
     TPOT_SLACK_S,
     VERDICT_COLUMNS,
     of_run,
+    peer_name,
     verdict_rows,
 )
 
@@ -319,7 +320,7 @@ def _baseline_row(base):
     the run had it, with the uncompiled one beside it; compilation times apart."""
     if not base:
         return None
-    peer = "compiled static-cache generate()" if base.get("generate_compiled") else "generate()"
+    peer = peer_name(base)
     figure = (f"{base['loop_over_generate']:.2f} ({base['tpot_loop_s'] * 1e3:.3f} ms against "
               f"{base['tpot_generate_s'] * 1e3:.3f} ms")
     if "loop_over_generate_uncompiled" in base:

@@ -118,6 +118,11 @@ def over_floor(what: str, measured_s: Sequence[float], floor_s: float, floor: st
                    low / floor_s, high / floor_s, FLOOR_MIN, at_most=False, unit="x", samples=len(measured_s))
 
 
+def peer_name(base: dict) -> str:
+    """What the local loop was compared with (harness.compute.baseline.compare's result)."""
+    return "compiled static-cache generate()" if base.get("generate_compiled") else "generate()"
+
+
 def of_controls(controls: dict) -> list[Verdict]:
     """The verdicts of the harness's own controls (benchmarks/test_harness.py), where they ran."""
     out = []
@@ -126,8 +131,7 @@ def of_controls(controls: dict) -> list[Verdict]:
         out.append(probe_overhead([a / b for a, b in zip(cap["latency_on_s"], cap["latency_off_s"])]))
     base = controls.get("local_vs_generate")
     if base and base.get("tpot_generate_all_s"):
-        peer = "compiled static-cache generate()" if base.get("generate_compiled") else "generate()"
-        out.append(loop_vs_generate(base["tpot_loop_all_s"], base["tpot_generate_all_s"], peer))
+        out.append(loop_vs_generate(base["tpot_loop_all_s"], base["tpot_generate_all_s"], peer_name(base)))
     return out
 
 
