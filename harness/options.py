@@ -69,6 +69,9 @@ class SuiteOptions:
                                       type=int, metavar="N")
     warmup: int = opt(1, "warm-up rounds per cell; the stateful cells and naive prefill take at least 2 "
                       "(harness/cell.py says why) [{default}]", "measurement", type=int)
+    sessions: int = opt(1, "sessions each cell runs in, one after another, each a fresh worker process and client "
+                        "(a pytest run of its own): the table gives the spread of their means beside each "
+                        "round's spread within one [{default}]", "measurement", type=int, metavar="N")
     util_samples: int = opt(5, "dmon samples (1 s each) a cell's utilization window runs its phase back to back "
                             "for, where a round holds fewer; 0: no window [{default}]", "measurement", type=int)
     capture: bool = opt(True, "no tcpdump around rounds", "measurement", action="store_false",
@@ -160,7 +163,7 @@ class SuiteOptions:
         """Every check that can be made before anything starts; phases: those that will run (the
         context must hold the prompt, and for decode steps + 1 generated tokens)."""
         for name, low in (("prompt_len", 1), ("steps", 1), ("rounds", 1), ("warmup", 0), ("batch", 1),
-                          ("util_samples", 0)):
+                          ("util_samples", 0), ("sessions", 1)):
             value = getattr(self, name)
             if value < low:
                 raise UsageError(f"{self.flag(name)} {value} must be >= {low}")
@@ -170,6 +173,10 @@ class SuiteOptions:
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"{self.flag('threads')} {self.threads} must be >= 1 (or left out: 1 on CUDA, "
                              "else one per core)")
+        if self.sessions > 1 and self.gpu_addr and not self.gpu_host:
+            raise UsageError(f"{self.flag('sessions')} {self.sessions} starts a fresh worker per session, and "
+                             f"{self.flag('gpu_addr')} alone reaches one that someone else started: add "
+                             f"{self.flag('gpu_host')} (the suite starts it over ssh) or drop {self.flag('sessions')}")
         if self.rpc_timeout_s <= 0:
             raise UsageError(f"{self.flag('rpc_timeout_s')} {self.rpc_timeout_s} must be > 0 (seconds)")
         if self.channel not in CHANNELS:

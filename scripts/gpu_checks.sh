@@ -18,7 +18,7 @@ case "${1:-}" in
       tests/test_staging.py tests/test_equivalence.py -k "cuda or bf16 or ahead or captured or pinned or locked" 2>&1 \
       | tail -30 | tee "$out/gpu_tests.log" ;;
   agreement)
-    timeout -s INT 560 python3 scripts/diagnose/agreement.py --model "${2:-llama-1b}" --child-timeout 150 2>&1 \
+    timeout -s INT 560 python3 scripts/diagnose/agreement.py --model "${2:-llama-1b}" --steps "${3:-50}" --child-timeout 150 2>&1 \
       | grep -v -i warn | tee "$out/agreement.log" ;;
   *)
     echo "usage: scripts/gpu_checks.sh tests | agreement [MODEL]" >&2

@@ -203,6 +203,21 @@ def test_a_baseline_of_another_setup_is_refused(smoke, tmp_path):
     assert "the baseline ran engine graphs, this run engine eager" in proc.stdout, proc.stdout[-3000:]
 
 
+def test_sessions_run_as_fresh_runs_and_their_spread_is_reported(tmp_path):
+    """--gap-sessions 2: a second pytest run after this one's cells; each cell carries both
+    sessions' means in the JSON, and the table their spread beside the rounds' own."""
+    out = tmp_path / "sessions.json"
+    proc = run_suite("-k", "prefill-sys", f"--benchmark-json={out}", "--gap-sessions", "2",
+                     "--gap-rounds", "2", "--gap-warmup", "0")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "session 2: exit 0" in proc.stdout, proc.stdout[-3000:]
+    data = json.loads(out.read_text())
+    sessions = cells(data)["test_cell[prefill-sys_simulated]"]["extra_info"]["sessions"]
+    assert len(sessions) == 2 and all(s["rounds"] == 2 and s["latency_s"] > 0 for s in sessions), sessions
+    assert data["machine_info"]["semantic_gap"]["sessions"]["asked"] == 2
+    assert "Latency over sessions (s)" in proc.stdout and "(2 sessions)" in proc.stdout, proc.stdout[-3000:]
+
+
 def test_cells_refuse_to_run_concurrently():
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "-p", "no:cacheprovider", *SMOKE]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env())
@@ -220,6 +235,8 @@ def test_cells_refuse_to_run_concurrently():
     (["--gap-prompt-len", "600"], "exceeds tiny's context of 512"),
     (["--gap-link-gbps", "-1"], "--gap-link-gbps -1.0 must be > 0"),
     (["--gap-link-gbps", "10", "--gap-gpu-addr", "10.213.255.254"], "shapes the embedded link only"),
+    (["--gap-sessions", "0"], "--gap-sessions 0 must be >= 1"),
+    (["--gap-sessions", "2", "--gap-gpu-addr", "10.213.255.254"], "alone reaches one that someone else started"),
 ])
 def test_bad_options_fail_at_parse_time(args, needle):
     proc = run_suite(*args, timeout=120)

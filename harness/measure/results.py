@@ -127,6 +127,15 @@ class CellSummary:
                              "re-run it with this one") from None
 
 
+# what each session of a cell contributes to the spread over sessions: its measured rounds' means
+SESSION_STATS = ("latency_s", "ttft_s", "tpot_s", "link_bytes")
+
+
+def session_figures(summary: CellSummary) -> dict:
+    """One session's figures of a cell, for CellInfo.sessions: the means of its measured rounds."""
+    return {k: getattr(summary, k).mean for k in SESSION_STATS} | {"rounds": summary.latency_s.n}
+
+
 def _round_figure(r: dict, key: str):
     return r["link_tx_bytes"] + r["link_rx_bytes"] if key == "link_bytes" else r[key]
 
@@ -144,6 +153,7 @@ class CellInfo:
     summary: CellSummary
     weight_load: dict | None = None     # sys_simulated's one-time load (harness.compute.modes.WeightLoad)
     host_load: dict | None = None       # the client host's load over the cell (harness.measure.hostload)
+    sessions: list[dict] | None = None  # --gap-sessions N > 1: session_figures() of each session, this one first
 
     @property
     def name(self) -> str:
@@ -156,6 +166,12 @@ class CellInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def across_sessions(self, key: str) -> Stat | None:
+        """Mean and std of the sessions' own means of `key` (SESSION_STATS); None for one session."""
+        if not self.sessions or len(self.sessions) < 2:
+            return None
+        return Stat.of([s[key] for s in self.sessions])
 
     @classmethod
     def from_dict(cls, d: dict) -> "CellInfo":

@@ -11,6 +11,7 @@ from harness.measure.payload import CLOSURE_TOLERANCE
 from harness.report.analysis import TIME_PARTS
 from harness.report.floors import FLOOR_COLUMNS, MEMORY_COLUMNS, floor_rows, memory_caption, memory_rows, per_step
 from harness.report.invariants import ANALYSIS_SHARE_MAX, RETRANSMISSION_NOTE, RPC_BOUND, busy_host_misses
+from harness.report.sessions import sessions_cells, sessions_columns, spread_caption
 from harness.report.units import human_bytes
 from harness.report.verdicts import (
     LOOP_OVER_GENERATE_MAX,
@@ -81,6 +82,7 @@ def table_rows(infos) -> list[dict]:
             "gpu_sm_pct_mean": s.util_dmon_sm_pct.mean, "gpu_sm_pct_std": s.util_dmon_sm_pct.std,
             "gpu_sm_pct_rounds": s.util_dmon_sm_pct.n,
             "ttft_s_mean": s.ttft_s.mean, "tpot_s_mean": s.tpot_s.mean,
+            **sessions_cells(info, _pm),
         })
     return rows
 
@@ -364,8 +366,10 @@ def full_report(infos, controls: dict | None = None, env: dict | None = None) ->
     targets = of_run(infos, controls, env)
     gaps = gap_rows(infos)
     busy = [m for i in infos for m in busy_host_misses(i, infos if i.mode == "sys_simulated" else [])]
+    rows = table_rows(infos)
     return "\n\n".join([
-        markdown_table(table_rows(infos)),
+        markdown_table(rows, COLUMNS + sessions_columns(rows)),
+        spread_caption(infos),
         *([f"{BUSY_MARK.strip()}: " + "; ".join(busy)] if busy else []),
         *(["naive ÷ sys_simulated (steady state: a round each; one session: sys_simulated's one-time "
            "weight load added to its round):\n" + markdown_table(gaps, GAP_COLUMNS)] if gaps else []),
