@@ -70,12 +70,19 @@ def describe_predicted(folder: Path, root: Path) -> str:
                       "and the model's error where the same steps were measured", ""])
 
 
+def is_clients_run(data: dict) -> bool:
+    """A run of the clients benchmark (benchmarks/test_clients.py), which has no cells."""
+    return any(b["name"].startswith("test_clients[") for b in data.get("benchmarks", []))
+
+
 def describe(path: Path, root: Path) -> str:
     data = json.loads(path.read_text())
     commit = data["commit_info"]
     if commit.get("dirty") is not False or len(commit.get("id", "")) != 40:
         raise ValueError(f"{path}: commit {commit.get('id')!r}, dirty {commit.get('dirty')}: results/ takes "
                          "runs from a clean, committed tree; re-run it, or remove it")
+    if is_clients_run(data):
+        return describe_clients(path, data, root)
     env = data["machine_info"]["semantic_gap"]
     v = env["versions"]
     gpu = env.get("gpu") or {}
@@ -96,6 +103,22 @@ def describe(path: Path, root: Path) -> str:
         "",
         full_report(infos, controls, env),
         ""])
+
+
+def describe_clients(path: Path, data: dict, root: Path) -> str:
+    """A clients run in a few lines; its table and plots are in the folder's clients.md
+    (python -m harness.serve.report JSON)."""
+    points = sorted({(b["extra_info"]["mode"], b["extra_info"]["clients"]) for b in data["benchmarks"]
+                     if b["name"].startswith("test_clients[")})
+    info = data["machine_info"].get("semantic_gap") or {}
+    command = info.get("command")
+    return "\n".join([
+        f"## `{path.parent.relative_to(root.parent)}` (many clients)", "",
+        *([f"- command: `{shlex.join(command)}`"] if command else []),
+        f"- commit {data['commit_info']['id'][:12]} ({data['commit_info']['time']}), run {data['datetime'][:19]} UTC",
+        f"- {len(points)} points: " + ", ".join(f"{m} N={n}" for m, n in points),
+        *_outcome(path.parent / "pytest.log"),
+        "- its clients.md has the table (tokens/s, TTFT and TPOT percentiles, bytes per token) and the plots", ""])
 
 
 def _outcome(log: Path) -> list[str]:
