@@ -42,3 +42,4 @@ def test_the_table_shows_the_sessions_column_only_where_more_than_one_ran():
     assert sessions_columns(rows) == [SESSIONS_COLUMN]
     assert rows[0][SESSIONS_COLUMN] == "1.1500 ± 0.1414 (2 sessions)"
     assert "2 sessions' means" in spread_caption([more])
+

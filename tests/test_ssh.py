@@ -299,3 +299,12 @@ def _inject(link, fault) -> float:
     else:
         subprocess.run(["ip", "link", "set", link.client_iface, "down"], check=True)
     return time.monotonic()
+
+
+def test_the_local_baseline_runs_only_on_the_gpu_hosts_kind_of_device():
+    """Over ssh to a real GPU host from a CPU client, the local cells would run on the client's
+    CPU beside a worker on CUDA: they skip, saying why, instead."""
+    from fixtures.cells import local_elsewhere
+    assert local_elsewhere("cuda", "cuda:0") is None and local_elsewhere("cpu", "cpu") is None
+    why = local_elsewhere("cpu", "cuda:0")
+    assert "on cpu" in why and "on cuda:0" in why and "not measured" in why
