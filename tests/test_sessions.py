@@ -43,3 +43,9 @@ def test_the_table_shows_the_sessions_column_only_where_more_than_one_ran():
     assert rows[0][SESSIONS_COLUMN] == "1.1500 ± 0.1414 (2 sessions)"
     assert "2 sessions' means" in spread_caption([more])
 
+
+
+def test_a_cell_that_ran_one_session_says_so_beside_one_that_ran_more():
+    rows = table_rows([_info([1.0, 1.1], None), _info([1.0, 1.1], [1.05, 1.25])])
+    assert sessions_columns(rows) == [SESSIONS_COLUMN]
+    assert sorted(r[SESSIONS_COLUMN] for r in rows) == ["1.1500 ± 0.1414 (2 sessions)", "n/a (one session)"]

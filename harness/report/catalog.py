@@ -70,9 +70,14 @@ def describe_predicted(folder: Path, root: Path) -> str:
                       "and the model's error where the same steps were measured", ""])
 
 
+def clients_benchmarks(data: dict) -> list[dict]:
+    """The clients benchmark's cases (benchmarks/test_clients.py) in a run's JSON."""
+    return [b for b in data.get("benchmarks", []) if b["name"].startswith("test_clients[")]
+
+
 def is_clients_run(data: dict) -> bool:
-    """A run of the clients benchmark (benchmarks/test_clients.py), which has no cells."""
-    return any(b["name"].startswith("test_clients[") for b in data.get("benchmarks", []))
+    """A run of the clients benchmark, which has no cells."""
+    return bool(clients_benchmarks(data))
 
 
 def describe(path: Path, root: Path) -> str:
@@ -108,8 +113,7 @@ def describe(path: Path, root: Path) -> str:
 def describe_clients(path: Path, data: dict, root: Path) -> str:
     """A clients run in a few lines; its table and plots are in the folder's clients.md
     (python -m harness.serve.report JSON)."""
-    points = sorted({(b["extra_info"]["mode"], b["extra_info"]["clients"]) for b in data["benchmarks"]
-                     if b["name"].startswith("test_clients[")})
+    points = sorted({(b["extra_info"]["mode"], b["extra_info"]["clients"]) for b in clients_benchmarks(data)})
     info = data["machine_info"].get("semantic_gap") or {}
     command = info.get("command")
     return "\n".join([

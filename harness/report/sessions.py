@@ -5,22 +5,21 @@ from __future__ import annotations
 SESSIONS_COLUMN = "Latency over sessions (s)"
 
 
-def sessions_cells(info, pm) -> dict:
-    """A table row's sessions column (pm formats a Stat as mean ± std), where more than one ran."""
+def sessions_cells(info, pm, any_sessions: bool) -> dict:
+    """A table row's sessions column (pm formats a Stat as mean ± std) where any cell of the table
+    ran more than one session (any_sessions); a cell that ran one says so."""
+    if not any_sessions:
+        return {}
     across = info.across_sessions("latency_s")
     if across is None:
-        return {}
+        return {SESSIONS_COLUMN: "n/a (one session)"}
     return {SESSIONS_COLUMN: f"{pm(across, lambda v: f'{v:.4f}')} ({across.n} sessions)",
             "latency_s_sessions_mean": across.mean, "latency_s_sessions_std": across.std}
 
 
 def sessions_columns(rows: list[dict]) -> list[str]:
-    """[SESSIONS_COLUMN] where a row has it (rows without it, a cell only one session ran, say so)."""
-    if not any(SESSIONS_COLUMN in r for r in rows):
-        return []
-    for r in rows:
-        r.setdefault(SESSIONS_COLUMN, "n/a (one session)")
-    return [SESSIONS_COLUMN]
+    """[SESSIONS_COLUMN] where the rows have it."""
+    return [SESSIONS_COLUMN] if rows and SESSIONS_COLUMN in rows[0] else []
 
 
 def spread_caption(infos) -> str:

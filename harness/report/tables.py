@@ -67,6 +67,7 @@ def busy_cells(infos) -> set[str]:
 def table_rows(infos) -> list[dict]:
     """One row per cell, in plan order; numeric columns kept beside the display strings."""
     rows, busy = [], busy_cells(infos)
+    any_sessions = any(i.across_sessions("latency_s") for i in infos)
     for info in sorted(infos, key=_sort_key):
         s = info.summary
         mark = BUSY_MARK if info.name in busy else ""
@@ -82,7 +83,7 @@ def table_rows(infos) -> list[dict]:
             "gpu_sm_pct_mean": s.util_dmon_sm_pct.mean, "gpu_sm_pct_std": s.util_dmon_sm_pct.std,
             "gpu_sm_pct_rounds": s.util_dmon_sm_pct.n,
             "ttft_s_mean": s.ttft_s.mean, "tpot_s_mean": s.tpot_s.mean,
-            **sessions_cells(info, _pm),
+            **sessions_cells(info, _pm, any_sessions),
         })
     return rows
 
