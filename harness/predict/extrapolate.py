@@ -113,7 +113,8 @@ def main(argv=None) -> int:
                    help="a run whose cells the model is fitted on (repeatable: e.g. one per link rate)")
     p.add_argument("--steps", type=int, required=True, help="the decode steps to predict")
     p.add_argument("--check-fit", type=Path, action="append", default=[], metavar="RUN.json",
-                   help="for the check: a run of another model, fitted on as --fit is (repeatable)")
+                   help="for the check: a run of another model, fitted on as --fit is (repeatable; COMMIT:PATH for "
+                        "a run a later commit removed: results/history.toml)")
     p.add_argument("--check", type=Path, action="append", default=[], metavar="RUN.json",
                    help="for the check: a run of that model with --steps measured, which the check predicts")
     p.add_argument("--out", type=Path, required=True, help="the folder for README.md")

@@ -28,6 +28,7 @@ from harness.measure.results import SWEEP_INDEX, load_infos, point_files
 from harness.predict import costmodel as cm
 from harness.predict.heldout import _grid_rate, _pct, grid, largest_difference, spreads, summary_rows
 from harness.report.analysis import TIME_PARTS
+from harness.report import committed
 from harness.report.cli import report_written
 from harness.report.plots import LEGEND_PT, LINE_STYLES, MODE_STYLE, provenance, pyplot, style_legend, ticks_at
 from harness.report.tables import markdown_table
@@ -147,7 +148,7 @@ def _earlier(other: Path | None) -> list[cm.Point] | None:
     """The points of another run of the grid (--repeat-of), or None."""
     if other is None:
         return None
-    files = point_files(other)
+    files = point_files(committed.local(other))
     if not files:
         raise ValueError(f"--repeat-of {other}: no point JSON there (a sweep's --out folder)")
     return cm.load_all(files)
@@ -157,7 +158,7 @@ def repeated(points: list[cm.Point], other: Path | None, earlier: list[cm.Point]
     """README lines: this sweep's cells against another run of the same grid (repeat_rows)."""
     if other is None:
         return []
-    files = point_files(other)
+    files = point_files(committed.local(other))
     rows = repeat_rows(points, earlier)
     if not rows:
         raise ValueError(f"--repeat-of {other}: no point of it is in this sweep's grid")
@@ -299,7 +300,8 @@ def main(argv=None) -> int:
                    help="a run outside the sweep (e.g. all 50 decode steps) for the model fitted on the "
                         "whole sweep to predict, cell by cell (repeatable)")
     p.add_argument("--repeat-of", type=Path, metavar="FOLDER",
-                   help="another sweep of the same grid: each cell's difference from its measure there")
+                   help="another sweep of the same grid: each cell's difference from its measure there "
+                        "(COMMIT:FOLDER for one a later commit removed: results/history.toml)")
     args = p.parse_args(argv)
     return report_written("sweepreport", lambda: write(args.folder, args.predict, args.repeat_of))
 

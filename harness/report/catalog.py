@@ -188,17 +188,10 @@ def _commit(path: Path) -> str:
 
 def current_table(root: Path, run_commits: dict, sweep_commits: dict, diffs: dict) -> str:
     """Every run and sweep here (their commits given, and each commit's harness_diff), with its
-    commit and whether the harness changed since; one that a later one replaces says so, and why
-    it is kept (history.toml's "kept")."""
-    path = root / HISTORY
-    kept = {k["path"]: k for k in tomllib.loads(path.read_text()).get("kept", [])} if path.exists() else {}
-
-    def kind(name: str, folder: Path) -> str:
-        k = kept.get(str(folder.relative_to(root.parent)))
-        return name if not k else f"{name}, replaced by `{k['replaced_by']}`; kept: {k['why']}"
-    rows = [(f"`{p.parent.relative_to(root.parent)}`", kind("run", p.parent), c[:7], since(diffs[c]))
-            for p, c in run_commits.items()]
-    rows += [(f"`{f.relative_to(root.parent)}`", kind("sweep", f), ", ".join(c[:7] for c in cs),
+    commit and whether the harness changed since. Only current sets are here: a replaced one is
+    removed (describe_history), and a report comparing with it names it as COMMIT:PATH."""
+    rows = [(f"`{p.parent.relative_to(root.parent)}`", "run", c[:7], since(diffs[c])) for p, c in run_commits.items()]
+    rows += [(f"`{f.relative_to(root.parent)}`", "sweep", ", ".join(c[:7] for c in cs),
               ", ".join(sorted({since(diffs[c]) for c in cs}))) for f, cs in sweep_commits.items()]
     lines = ["| results | kind | commit | harness (harness/, fixtures/, benchmarks/) since |", "|---|---|---|---|"]
     return "\n".join([*lines, *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows), ""])

@@ -8,6 +8,7 @@ from typing import Iterable
 
 from harness.compute.modes import MODES
 from harness.measure.payload import HEADER_BYTES, Shape, header_bytes
+from harness.report import committed
 
 # --- points: what a cell ran on, and what was measured -------------------------------------------------
 
@@ -101,8 +102,8 @@ def link_of(env: dict) -> Link:
     gbps = iperf_for_channel(check, run_channel(env))
     if not gbps:
         raise ValueError("no iperf3 figure with the RPC channel's lanes in link_check: the link's rate is unknown")
-    # type None -> Ethernet's header: runs before the type was recorded, all veths (results/h200/*-100gbit,
-    # llama-8b-nic25, sweep-llama-1b, sweep-llama-1b-v4; results/cpu/gpt2, sweep-gpt2)
+    # type None -> Ethernet's header: runs made before the type was recorded, all over veths
+    # (results/h200/*-100gbit, llama-8b-nic25; sets removed since, read as COMMIT:PATH)
     kind = (env.get("client_link") or {}).get("type")
     return Link(goodput_Bps=gbps * 1e9 / 8, rtt_s=(env.get("link_rtt_ms") or 0.0) / 1e3,
                 nominal_gbps=check.get("shaped_gbps") or check.get("nominal_gbps"), label=str(env.get("link") or ""),
@@ -170,10 +171,11 @@ def load_points(path: Path | str) -> list[Point]:
 
 
 def load_all(paths: Iterable[Path | str]) -> list[Point]:
-    """Points of every JSON named, a folder standing for every *.json under it (a sweep's output)."""
+    """Points of every JSON named, a folder standing for every *.json under it (a sweep's output);
+    COMMIT:PATH names one that git keeps (harness.report.committed)."""
     points = []
     for path in paths:
-        path = Path(path)
+        path = committed.local(path)
         files = sorted(path.rglob("*.json")) if path.is_dir() else [path]
         for f in files:
             try:
