@@ -23,9 +23,9 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 # mallopt takes an int and glibc stores it as size_t: -1 is SIZE_MAX, so the heap top is never
-# trimmed. The largest int (2 GiB), used before, trimmed every llama-1b call's 2.2 GB receive
-# buffer back to the kernel: its pages were faulted in again by the next call's receive, and
-# given back (zapping 2.2 GB under the address-space lock) while the reply went out.
+# trimmed. Any finite threshold below a naive call's receive buffer gives that buffer back to the
+# kernel after each call: its pages are faulted in again by the next call's receive, and given
+# back under the address-space lock while the reply goes out (docs/evidence.md).
 NEVER_TRIM = -1
 
 POLICY = "system"  # what this process runs with; the worker reports it (stats_remote)

@@ -26,9 +26,9 @@ CHANNELS = ("basic", "mpt_uv")
 # TCP connections a channel moves one tensor over: mpt_uv splits it across 16 lanes
 # (kNumUvThreads in torch's tensorpipe_agent.cpp), basic uses the pipe's one connection
 LANES = {"basic": 1, "mpt_uv": 16}
-# mpt_uv spreads a message over several TCP lanes: on the H100 host a naive gpt2 decode step's
-# 250 MB moved several times faster with it than with basic (one connection), so with basic the
-# RPC path, not the data, set naive's latency. On 2 cores the two were alike (docs/evidence.md).
+# mpt_uv spreads a message over several TCP lanes: on a GPU host a naive step's message moved
+# several times faster with it than with basic (one connection), so with basic the RPC path, not
+# the data, set naive's latency; on 2 cores the two were alike (docs/evidence.md).
 DEFAULT_CHANNEL = "mpt_uv"
 
 
@@ -38,8 +38,7 @@ class RpcConfig:
     port: int = 29500
     channel: str = DEFAULT_CHANNEL # basic: one TCP connection; mpt_uv: several lanes
     timeout_s: float = 30.0        # one call: bounds a hang on a dead link or worker, well above
-                                   # a naive llama-1b step (2.2 GB) on the H100 host
-                                   # (docs/evidence.md)
+                                   # a naive llama-1b step on a GPU host (docs/evidence.md)
     connect_timeout_s: float = 10.0
 
     def __post_init__(self):
