@@ -33,7 +33,7 @@ SETTINGS = ("model", "dtype", "device", "engine", "threads", "batch", "seed", "p
 
 
 def parse_args(argv):
-    from harness.compute.modes import MODES
+    from harness.compute.modes import MODES, LocalBackend
     from harness.compute.phase import PHASES
     from harness.options import GROUPS, add_options
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
@@ -54,7 +54,7 @@ def run(args) -> dict:
     from harness.compute import hostmem
     from harness.compute import threads as host_threads
     from harness.compute.models import build_model, load_config, prompt_ids
-    from harness.compute.modes import MODES
+    from harness.compute.modes import MODES, LocalBackend
     from harness.compute.phase import run_phase
     from harness.testbed.bed import testbed
 
@@ -64,7 +64,7 @@ def run(args) -> dict:
     spec = opts.spec
     prompt = prompt_ids(load_config(spec), opts.prompt_len, opts.seed, opts.batch)
     if not MODES[args.mode].remote:
-        backend = MODES[args.mode].backend(build_model(spec, opts.resolved_device), opts.engine_spec)
+        backend = LocalBackend(build_model(spec, opts.resolved_device), opts.engine_spec)  # here: run it on the GPU host
         result = run_phase(backend, prompt, args.phase, opts.steps)
         return summary(args, opts, opts.resolved_device, "none (local)", result, None, None)
     state_dict = build_model(spec, "cpu").state_dict()  # the client's copy of the weights

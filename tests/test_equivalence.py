@@ -7,7 +7,7 @@ import torch
 
 from harness.compute.engine import ENGINES, GRAPHS, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device, load_config, prompt_ids
-from harness.compute.modes import LocalBackend, NaiveBackend, SysBackend
+from harness.compute.modes import HostLocalBackend, LocalBackend, NaiveBackend, SysBackend
 from harness.compute.peer import generate_cache
 from harness.compute.phase import run_phase
 
@@ -27,7 +27,8 @@ def _generate(model, prompt, n_new, engine: EngineSpec):
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_three_modes_and_generate_agree(gap_testbed, name, dtype, phase, engine):
     """Every engine this host can run, all three modes on the worker's device (on a GPU host a
-    CPU-run local mode would differ from the GPU's in bf16 by rounding, not by function)."""
+    CPU-run local mode would differ from the GPU's in bf16 by rounding, not by function), the
+    local mode both in this process and as the suite runs it, in the worker's."""
     spec = ModelSpec(name, dtype)
     device = gap_testbed.device or default_device()
     model = build_model(spec, device)
@@ -35,13 +36,11 @@ def test_three_modes_and_generate_agree(gap_testbed, name, dtype, phase, engine)
     eng = EngineSpec(engine, 32 + STEPS + 1)
     worker = gap_testbed.worker(spec, eng)
     state_dict = build_model(spec, "cpu").state_dict()  # the client ships its CPU weights (same seed)
-    tokens = {}
-    makers = (lambda: LocalBackend(model, eng), lambda: NaiveBackend(worker, state_dict),
-              lambda: SysBackend(worker, state_dict))  # in turn: naive unloads sys's weights
-    for make in makers:
-        backend = make()
-        tokens[backend.mode] = run_phase(backend, prompt, phase, STEPS).tokens
-    assert tokens["naive"] == tokens["local"] and tokens["sys_simulated"] == tokens["local"], tokens
+    makers = {"local": lambda: LocalBackend(model, eng),  # in turn: each remote mode loads its own weights
+              "local on the GPU host": lambda: HostLocalBackend(worker),  # the suite's local cells
+              "naive": lambda: NaiveBackend(worker, state_dict), "sys_simulated": lambda: SysBackend(worker, state_dict)}
+    tokens = {name: run_phase(make(), prompt, phase, STEPS).tokens for name, make in makers.items()}
+    assert all(t == tokens["local"] for t in tokens.values()), tokens
     assert len(set(tokens["local"])) > 1 or phase == "prefill", "degenerate tokens prove nothing"
     # compiled code rounds otherwise than transformers' in bf16: there test_compact.py bounds its logits
     if not (engine == "compact" and dtype != "fp32" and str(device).startswith("cuda")):

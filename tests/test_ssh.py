@@ -301,9 +301,10 @@ def _inject(link, fault) -> float:
     return time.monotonic()
 
 
-def test_the_local_baseline_runs_only_on_the_gpu_hosts_kind_of_device():
-    """Over ssh to a real GPU host from a CPU client, the local cells would run on the client's
-    CPU beside a worker on CUDA: they skip, saying why, instead."""
+def test_the_local_loops_controls_run_only_on_the_gpu_hosts_kind_of_device():
+    """Over ssh to a real GPU host from a CPU client, the local loop's controls would run on the
+    client's CPU beside a worker on CUDA: they skip, saying why, instead (the local cells run on
+    the GPU host: harness.compute.modes.HostLocalBackend)."""
     from fixtures.cells import local_elsewhere
     assert local_elsewhere("cuda", "cuda:0") is None and local_elsewhere("cpu", "cpu") is None
     why = local_elsewhere("cpu", "cuda:0")

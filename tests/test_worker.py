@@ -8,8 +8,11 @@ import psutil
 import pytest
 import torch
 
+from harness.compute.engine import EngineSpec
 from harness.compute.models import ModelSpec, build_model, forward_step, load_config, prompt_ids
+from harness.compute.modes import LocalBackend
 from harness.compute.packing import Packed, unpack_kv
+from harness.compute.phase import run_phase
 from harness.compute.worker import RemoteWorker
 
 PROMPT_LEN = 16
@@ -149,6 +152,26 @@ def test_worker_matches_client_model(client, preset):
     for i, (a, b) in enumerate(zip(local, remote)):
         torch.testing.assert_close(b, a, msg=lambda m: f"{preset} forward {i}: {m}")
     assert [int(torch.argmax(l)) for l in local] == [int(torch.argmax(l)) for l in remote]
+
+
+def test_the_local_mode_runs_in_the_worker_on_weights_made_there(client):
+    """local_prepare_remote makes the model's weights on the worker, as the client makes its copy,
+    and run_local_phase_remote runs the local loop there, timed there: the client's own local
+    loop's tokens. Unprepared, or after a reset, it says what to call."""
+    spec, model, _, _, prompt = client("tiny-llama")
+    engine = EngineSpec("static", PROMPT_LEN + 6)
+    worker = RemoteWorker(spec, "cpu", engine)
+    with pytest.raises(RuntimeError, match="call local_prepare_remote first"):
+        worker.run_local_phase_remote(prompt, "decode", 5)
+    worker.local_prepare_remote()
+    there = worker.run_local_phase_remote(prompt, "decode", 5)
+    here = run_phase(LocalBackend(model, engine), prompt, "decode", 5)
+    assert there.tokens == here.tokens and len(set(there.tokens)) > 1, (there.tokens, here.tokens)
+    assert there.mode == "local" and len(there.step_times_s) == 5 and there.payload_tx_bytes == 0
+    assert worker.local_capture_s_remote() == {}, "a static engine captures nothing off CUDA"
+    worker.reset_remote()
+    with pytest.raises(RuntimeError, match="call local_prepare_remote first"):
+        worker.run_local_phase_remote(prompt, "decode", 5)
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ link); naive gets the last position's logits back, as the plan's stateless worke
 it on the client.
 
 - LocalBackend: the model runs in this process on its device; no network.
+- HostLocalBackend: the local mode as the suite runs it, LocalBackend in the worker's process on
+  the GPU host, a whole phase a call.
 - NaiveBackend: the stateless worker; each call ships state_dict + new ids + whole KV cache.
 - SysBackend: the stateful worker; weights shipped once (at construction, timed apart),
   then only ids and a cache id.
@@ -22,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from harness.compute.ahead import Ahead
-from harness.compute.calls import call, call_each
+from harness.compute.calls import call, call_each, explain
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.packing import Chunked, Packed, chunks, pack, tensor_bytes
 from harness.compute.timers import Clock
@@ -85,6 +87,10 @@ class LocalBackend:
             return self._tally(self.ahead.step(tokens, clock), clock)
         return self._tally(self.engine.next_tokens(self.slot, tokens, clock), clock)
 
+    def capture_s(self) -> dict:
+        """The loop's first captures, seconds by tokens a step (compilation included)."""
+        return dict(self.engine.capture_s)
+
     def _tally(self, tokens: list[int], clock: Clock) -> list[int]:
         """Timed like the worker's greedy step (harness.compute.worker.RemoteWorker._step), so the
         parts compare across modes."""
@@ -95,6 +101,44 @@ class LocalBackend:
         if self.slot is not None:
             self.engine.release(self.slot)
             self.slot = None
+
+
+PREPARE_TIMEOUT_S = 900.0  # the local mode's set-up on the GPU host: a large model's weights made there
+
+
+class HostLocalBackend:
+    """The local mode as the suite runs it: the loop on the GPU host, in the worker's process
+    (RemoteWorker.local_prepare_remote), a whole phase a call (run_phase hands it over whole), on
+    the worker's model with weights made there. Nothing crosses the link during a phase, and the
+    phase is timed there: its figures are the GPU host's own, whichever host the client is on.
+    The remote modes' process and model: the same compiled kernels, so the same tokens in bf16."""
+    mode = "local"
+    load = None
+
+    def __init__(self, worker, state_dict=None, timeout_s: float = PREPARE_TIMEOUT_S):
+        """state_dict: unused (the weights are made on the GPU host); timeout_s: the preparing
+        call's RPC timeout."""
+        self.worker = worker  # harness.compute.calls.WorkerHandle
+        self.tally = Tally()
+        try:
+            getattr(worker.rpc_sync(timeout_s), "local_prepare_remote")()
+        except RuntimeError as e:
+            raise explain(e) from e
+
+    def run_phase_remote(self, prompt, phase: str, steps: int):
+        """prompt [batch, T] on the CPU -> the phase's PhaseResult, measured on the GPU host."""
+        return call(self.worker, "run_local_phase_remote", prompt, phase, steps)
+
+    def capture_s(self) -> dict:
+        return call(self.worker, "local_capture_s_remote")
+
+    def prefill(self, ids, steps: int = 0):
+        raise NotImplementedError("the local mode runs whole phases on the GPU host: use run_phase")
+
+    step = prefill
+
+    def end(self):
+        pass  # the worker ends each phase's session itself
 
 
 class NaiveBackend:
@@ -218,7 +262,7 @@ class Mode:
 
 # In the plan's order: the baseline, the semantics-blind system, the semantics-aware one.
 MODES = {m.name: m for m in (
-    Mode("local", False, False, "nothing: the model runs on the GPU host", LocalBackend),
+    Mode("local", False, False, "nothing: the model runs on the GPU host", HostLocalBackend),
     Mode("naive", True, True, "state_dict + new ids + whole KV cache; back: logits + whole KV cache",
          NaiveBackend),
     Mode("sys_simulated", True, False, "new ids + a cache id (weights once, apart); back: the next token ids "

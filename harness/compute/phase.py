@@ -51,7 +51,9 @@ def by_sequence(steps: list[list[int]]) -> list[int] | list[list[int]]:
 
 
 class Backend(Protocol):
-    """What run_phase drives: a mode's client side (harness.compute.modes)."""
+    """What run_phase drives: a mode's client side (harness.compute.modes). One that has
+    run_phase_remote(prompt, phase, steps) runs whole phases where the model is (HostLocalBackend):
+    run_phase hands the phase over, and no on_step is called."""
     mode: str
     tally: "Tally"
     load: object  # the one-time weight load a mode pays apart (WeightLoad), or None
@@ -88,6 +90,9 @@ def run_phase(backend: Backend, prompt: torch.Tensor, phase: str, steps: int,
     end_session=False leaves backend.end() (releasing the worker's cache) to the caller, so that a
     timer around this call (pytest-benchmark's) times the phase alone."""
     assert phase in PHASES, f"phase must be one of {PHASES}, got {phase!r}"
+    whole = getattr(backend, "run_phase_remote", None)
+    if whole is not None:  # a backend that runs the phase where the model is (HostLocalBackend)
+        return whole(prompt, phase, steps)
     n_steps = steps if phase == "decode" else 0
     t = backend.tally
     start = Counters.of(t)

@@ -23,12 +23,10 @@ the client can place the server's time between the packets of the call (harness.
 """
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import torch
 from torch.distributed.rpc import functions as rpc_functions
@@ -38,51 +36,13 @@ from harness.compute.batcher import LEASE_S, Batcher
 from harness.compute.engine import Engine, EngineSpec
 from harness.compute.models import ModelSpec, build_model, default_device
 from harness.compute.nvml import NO_SAMPLES, make_sampler
-from harness.compute.packing import Chunk, Chunked, Packed, pack_kv, unpack_kv
+from harness.compute.modes import LocalBackend
+from harness.compute.packing import Chunk, Chunked, Packed, pack, pack_kv, unpack_kv
+from harness.compute.phase import PhaseResult, run_phase
 from harness.compute.rows import Rows
+from harness.compute.serving import Reply, compute_thread, serving_threads
 from harness.compute.staging import FlatParams, HostStaging, copy_bandwidth
 from harness.compute.timers import Clock, spin
-
-
-class Reply(NamedTuple):
-    logits: torch.Tensor | None          # [batch, vocab] on the CPU, model dtype; None when tokens are sent
-    kv_cache: Packed | list | None = None  # stateless: the whole new cache on the CPU (pack_kv); echo: a list
-    kv_cache_id: str | None = None       # stateful only
-    server_s: dict | None = None         # {"load_s","h2d_s","compute_s","gpu_span_s","d2h_s","dispatch_s"}, and
-                                         # the client adds "chunk_load_s" for chunks loaded ahead of the call
-    stamps_s: tuple | None = None        # (entered, left): the server's time.time() around the method
-    tokens: list | None = None           # greedy=True: the next token per sequence (batch ints), taken here
-
-
-def _compute_thread(method):
-    """Run the method on the worker's compute thread, whatever RPC thread called it. A Reply
-    gets the wall clock on the RPC thread, where torch hands the call over and takes it back
-    (stamps_s), and the hand-over's own time both ways (server_s["dispatch_s"])."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        entered = time.time()
-        out, (began, ended) = self._on_compute_thread(_stamped, method, self, *args, **kwargs)
-        left = time.time()
-        if not isinstance(out, Reply):
-            return out
-        dispatch = (began - entered) + (left - ended)
-        return out._replace(stamps_s=(entered, left), server_s={**out.server_s, "dispatch_s": dispatch})
-    return wrapper
-
-
-def serving_threads() -> int | None:
-    """How many threads serve RPC requests in this process (None: no RPC agent runs here)."""
-    from torch.distributed.rpc.api import _get_current_rpc_agent
-    try:
-        return int(_get_current_rpc_agent().get_debug_info()["agent.thread_pool_size"])
-    except (RuntimeError, AssertionError, KeyError, ValueError):
-        return None
-
-
-def _stamped(fn, *args, **kwargs):
-    began = time.time()
-    out = fn(*args, **kwargs)
-    return out, (began, time.time())
 
 
 # The workers of this process by key, for as long as their RRef (held by the client) keeps them:
@@ -131,6 +91,8 @@ class RemoteWorker:
         self._landing: tuple[str | None, dict] = (None, {})  # a stateless call's id, its chunks landed: (dtype, offset) -> bytes
         self.caches: dict[str, object] = {}
         self.batcher: Batcher | None = None  # many clients' sessions (open_batcher_remote)
+        self.local: LocalBackend | None = None  # the local mode's loop on this host (local_prepare_remote)
+        self._own: Packed | None = None  # the local mode's weights, made here from the spec
         self.sampler = make_sampler(self.device)  # NVML, on the GPU host itself
 
     def _on_compute_thread(self, fn, *args, **kwargs):
@@ -139,7 +101,7 @@ class RemoteWorker:
         return self._compute.submit(fn, *args, **kwargs).result()
 
     # -- stateless: the naive system ------------------------------------------------------
-    @_compute_thread
+    @compute_thread
     def load_chunk_remote(self, call: int, chunk: Chunk) -> float:
         """One message's share of a stateless call's weights (harness.compute.packing.chunks),
         straight into the parameters as it lands, while the next chunks are still on the wire (an
@@ -157,7 +119,7 @@ class RemoteWorker:
         clock.lap("load_s")
         return clock.split["load_s"]
 
-    @_compute_thread
+    @compute_thread
     def run_stateless_forward_remote(self, state_dict, input_ids, kv_cache: Packed | None = None) -> Reply:
         """state_dict: the client's Packed weights (harness.compute.packing.pack), a plain dict, or
         Chunked: this call's weights already landed through load_chunk_remote."""
@@ -181,7 +143,7 @@ class RemoteWorker:
         return Reply(logits, kv_cache=reply_kv, server_s=clock.split)
 
     # -- stateful: the semantics-aware system -----------------------------------------------
-    @_compute_thread
+    @compute_thread
     def load_weights_remote(self, state_dict) -> Reply:
         clock = Clock(self.device)
         self._load(state_dict)
@@ -189,7 +151,7 @@ class RemoteWorker:
         clock.lap("load_s")
         return Reply(torch.empty(0), server_s=clock.split)
 
-    @_compute_thread
+    @compute_thread
     def run_prefill_remote(self, token_ids, greedy: bool = False) -> Reply:
         """token_ids [batch, T]. greedy: reply with the next token ids, not the logits."""
         self._require_weights()
@@ -203,7 +165,7 @@ class RemoteWorker:
         self.caches[kv_cache_id] = slot
         return self._reply(out, greedy, kv_cache_id=kv_cache_id, server_s=clock.split)
 
-    @_compute_thread
+    @compute_thread
     def run_decode_step_remote(self, token_id, kv_cache_id: str, greedy: bool = False) -> Reply:
         """token_id: [batch, 1], or the batch's tokens as plain ints (no tensor to ship)."""
         self._require_weights()
@@ -215,13 +177,41 @@ class RemoteWorker:
     def _reply(out, greedy: bool, **fields) -> Reply:
         return Reply(None, tokens=out, **fields) if greedy else Reply(out, **fields)
 
-    @_compute_thread
+    @compute_thread
     def release_cache_remote(self, kv_cache_id: str) -> None:
         self.engine.release(self._cache(kv_cache_id))
         del self.caches[kv_cache_id]
 
+    # -- the local mode, on this host ---------------------------------------------------------
+    @compute_thread
+    def local_prepare_remote(self) -> None:
+        """The local mode's model: this worker's own, its weights made here from the spec as the
+        client makes its copy (build_model), nothing over the link, and the local loop over it.
+        The remote modes' model and process: the same compiled kernels, so the same tokens."""
+        if self._own is None:  # made once, kept packed on the host: each local cell loads it in bulk
+            own = build_model(self.spec, self.device)
+            self._own = pack({k: v.detach().cpu() for k, v in own.state_dict().items()})
+            del own
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self._load(self._own)
+        self.weights_loaded = True
+        self.local = LocalBackend(self.model, self.engine.spec)
+
+    @compute_thread
+    def run_local_phase_remote(self, prompt, phase: str, steps: int) -> PhaseResult:
+        """One phase of the local mode, run and timed here (run_phase): the call and its result
+        are all that cross the link, outside the phase's time."""
+        if self.local is None or not self.weights_loaded:
+            raise RuntimeError("the local mode is not prepared on this worker: call local_prepare_remote first")
+        return run_phase(self.local, prompt, phase, steps)
+
+    def local_capture_s_remote(self) -> dict:
+        """The local loop's first captures, seconds by tokens a step (compilation included)."""
+        return dict(self.local.engine.capture_s) if self.local else {}
+
     # -- shared by many clients: sessions batched (harness.compute.batcher) ------------------
-    @_compute_thread
+    @compute_thread
     def open_batcher_remote(self, slots: int, max_len: int, lease_s: float = LEASE_S) -> None:
         """Serve sessions of many clients from `slots` rows of max_len positions, their decode steps
         batched, on the loaded weights; the clients reach this worker by its key."""
@@ -258,22 +248,25 @@ class RemoteWorker:
             self.batcher = None
 
     # -- housekeeping -------------------------------------------------------------------------
-    @_compute_thread
+    @compute_thread
     def reset_remote(self) -> None:
         """Drop every cache and forget the weights: a new cell starts from nothing."""
         self._stop_batcher()
+        if self.local is not None:
+            self.local.end()
+            self.local = None
         for slot in self.caches.values():
             self.engine.release(slot)
         self.caches.clear()
         self.weights_loaded = False
         self._landing = (None, {})
 
-    @_compute_thread
+    @compute_thread
     def copy_bandwidth_remote(self) -> dict:
         """Pinned host<->device GB/s on this host (harness.compute.staging.copy_bandwidth)."""
         return copy_bandwidth(self.device)
 
-    @_compute_thread
+    @compute_thread
     def warm_remote(self, prompt_len: int, batch: int = 1) -> dict:
         """Capture the engine's steps (the compact engine compiles them the first time) for a
         prompt of prompt_len and a decode step, on a slot the pool keeps: what the first timed
@@ -285,7 +278,7 @@ class RemoteWorker:
         self.engine.release(slot)
         return dict(self.engine.capture_s)
 
-    @_compute_thread
+    @compute_thread
     def memory_floor_remote(self, positions: int, batch: int = 1) -> dict:
         """This GPU's memory floor under a decode step of this model at `positions` filled
         positions (harness.compute.floor)."""
@@ -307,7 +300,7 @@ class RemoteWorker:
         Returns the time held, timed here."""
         return spin(hold_s)
 
-    @_compute_thread
+    @compute_thread
     def echo_remote(self, payload, reply_sizes: list[int]) -> Reply:
         """The RPC path alone: take any payload, send back CPU byte tensors of reply_sizes."""
         return Reply(torch.empty(0), kv_cache=[torch.empty(n, dtype=torch.uint8) for n in reply_sizes], server_s={})

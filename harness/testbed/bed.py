@@ -46,9 +46,10 @@ class Testbed:
         return self.workers[spec, engine]
 
     def backend(self, mode: str, spec: ModelSpec, weights, engine: EngineSpec = EngineSpec()):
-        """A fresh client backend of a remote mode (harness.compute.modes.MODES) on spec's worker,
-        which forgets every earlier session's caches and weights first. sys_simulated's one-time
-        weight load happens here, its link bytes counted into backend.load."""
+        """A fresh client backend of a mode (harness.compute.modes.MODES) on spec's worker, which
+        forgets every earlier session's caches and weights first (local: the loop runs there, on
+        weights made there). sys_simulated's one-time weight load happens here, its link bytes
+        counted into backend.load."""
         worker = self.worker(spec, engine)
         call(worker, "reset_remote")
         c0 = self.counters()
