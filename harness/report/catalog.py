@@ -157,11 +157,16 @@ HARNESS = ("harness", "fixtures", "benchmarks")  # the code whose change makes a
 
 def harness_diff(commit: str, repo: Path) -> list[str] | None:
     """The measuring code's files (HARNESS) that differ between commit and the tree the catalog
-    is written from; None where this clone lacks the commit (a shallow one). The tree, not HEAD:
-    a catalog regenerated before a commit is then true of that commit."""
+    is written from, files not yet added included; None where this clone lacks the commit (a
+    shallow one). The tree, not HEAD: a catalog regenerated before a commit is then true of that
+    commit."""
     out = subprocess.run(["git", "-C", str(repo), "diff", "--name-only", commit, "--", *HARNESS],
                          capture_output=True, text=True)
-    return out.stdout.split() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    new = subprocess.run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard", "--", *HARNESS],
+                         capture_output=True, text=True).stdout.split()  # files not yet added: in the tree too
+    return sorted({*out.stdout.split(), *new})
 
 
 def since(files: list[str] | None) -> str:
