@@ -121,7 +121,7 @@ class HostLocalBackend:
         self.worker = worker  # harness.compute.calls.WorkerHandle
         self.tally = Tally()
         try:
-            getattr(worker.rpc_sync(timeout_s), "local_prepare_remote")()
+            worker.rpc_sync(timeout_s).local_prepare_remote()
         except RuntimeError as e:
             raise explain(e) from e
 
