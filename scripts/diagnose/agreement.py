@@ -8,7 +8,8 @@ naive and sys_simulated agreed). This decodes the same prompt greedily, compact 
 the first step where each run parts from the first, as JSON lines:
 - this process: the local loop running ahead, and with one synchronisation a step;
 - this process: a RemoteWorker called directly (the worker's code, no RPC), its weights the local
-  model's state_dict;
+  model's state_dict, and its own local loop on that model (the suite's local cells), against its
+  steps;
 - new processes: one sharing this process's inductor cache, one with a cache of its own, and two
   in inductor's deterministic mode (TORCHINDUCTOR_DETERMINISTIC=1: no timing decides a kernel
   choice that changes numerics), with their time per output token.
@@ -49,7 +50,9 @@ def local_tokens(model, prompt, steps: int) -> dict:
     return {"ahead": ahead.tokens, "sync": sync.tokens, "tpot_ms": ahead.tpot_s * 1e3, "warm_s": warm_s}
 
 
-def worker_tokens(model, spec: ModelSpec, prompt, steps: int) -> list[int]:
+def worker_tokens(model, spec: ModelSpec, prompt, steps: int) -> tuple[list[int], list[int]]:
+    """The worker's sys_simulated steps, and its local loop (the suite's local cells:
+    local_prepare_remote, run_local_phase_remote) on the same model."""
     from harness.compute.packing import pack
     from harness.compute.worker import RemoteWorker
     worker = RemoteWorker(spec, str(model.device), EngineSpec("compact", prompt.shape[1] + steps + 1))
@@ -59,7 +62,9 @@ def worker_tokens(model, spec: ModelSpec, prompt, steps: int) -> list[int]:
     tokens = [reply.tokens[0]]
     for _ in range(steps):
         tokens.append(worker.run_decode_step_remote([tokens[-1]], reply.kv_cache_id, True).tokens[0])
-    return tokens
+    worker.reset_remote()
+    worker.local_prepare_remote()
+    return tokens, worker.run_local_phase_remote(prompt, "decode", steps).tokens
 
 
 def child(args, env: dict) -> dict:
@@ -89,8 +94,10 @@ def main(argv=None) -> None:
     print(json.dumps({"model": args.model, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
                       "cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"), "tpot_ms": mine["tpot_ms"],
                       "warm_s": mine["warm_s"], "sync_parts_at": parted(ref, mine["sync"])}), flush=True)
-    print(json.dumps({"run": "worker, this process", "parts_at": parted(ref, worker_tokens(model, spec, prompt, args.steps))}),
-          flush=True)
+    sys_tokens, host_local = worker_tokens(model, spec, prompt, args.steps)
+    print(json.dumps({"run": "worker, this process", "parts_at": parted(ref, sys_tokens)}), flush=True)
+    print(json.dumps({"run": "the worker's local loop (the suite's local cells)", "parts_at": parted(ref, host_local),
+                      "parts_from_the_workers_steps_at": parted(sys_tokens, host_local)}), flush=True)
     runs = {"new process, shared cache": {},
             "new process, own cache": {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp()},
             "deterministic, own cache": {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TORCHINDUCTOR_DETERMINISTIC": "1"},
