@@ -120,10 +120,12 @@ def test_a_killed_client_frees_its_row_while_the_others_finish(tmp_path):
 
 def test_the_clients_benchmark_runs_as_users_run_it(tmp_path):
     """`pytest benchmarks -k clients`, as the README shows it: every mode at each N, summaries in
-    the JSON, a line per request beside it; the main job leaves it out."""
+    the JSON, a line per request beside it (this run's alone, written once the JSON is); the main
+    job leaves it out."""
     import subprocess
     import sys
     out = tmp_path / "clients.json"
+    out.with_suffix(".requests.jsonl").write_text('{"an earlier run": 1}\n')  # replaced, never joined
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-k", "clients", "-p", "no:xdist",
                            "-p", "no:cacheprovider", "--gap-model", "tiny", "--gap-clients", "1,2",
                            "--gap-steps", "4", "--gap-prompt-len", "8", f"--benchmark-json={out}"],
